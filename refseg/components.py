@@ -1,0 +1,103 @@
+"""The two swappable components of the method, as small interfaces.
+
+refseg never talks to SAM2 or DINOv2 directly: the pipeline calls a :class:`MaskProposer`
+(class-agnostic masks from prompts) and a :class:`FeatureEncoder` (dense semantic features).
+``refseg.models`` provides the real ones; tests provide deterministic stand-ins with the same
+methods, so the method's logic can be scored on synthetic images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class MaskProposer(Protocol):
+    """Proposes class-agnostic masks from point or box prompts (SAM2's role).
+
+    Attributes:
+        identity: what the proposer is, e.g. ``{"name": "sam2.1_hiera_tiny", "weights": ...}``.
+            Stored in memory banks and compared before predicting.
+        image_size: side of the square input frame, in pixels (1024 for SAM2).
+        mask_size: side of the square low-resolution mask grid (256 for SAM2).
+        device: where its tensors live; inputs are moved there by the caller.
+    """
+
+    identity: dict[str, Any]
+    image_size: int
+    mask_size: int
+    device: torch.device
+
+    def encode_images(self, images: torch.Tensor) -> Any:
+        """Encodes a batch of images once, for any number of prompts afterwards.
+
+        Args:
+            images: (B, 3, S, S) float32 RGB in [0, 1], S = ``image_size``, not normalised.
+
+        Returns:
+            An opaque per-batch embedding; ``select_image(embedding, b)`` picks image b.
+        """
+
+    def select_image(self, embedding: Any, index: int) -> Any:
+        """Returns the embedding of image ``index`` of a batch made by ``encode_images``."""
+
+    def decode_points(
+        self, embedding: Any, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes one single positive point per prompt, multimask output.
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            points: (N, 2) float32 XY in the S x S input frame, pixels.
+
+        Returns:
+            logits: (N, M, m, m) float mask logits on the m x m grid (m = ``mask_size``),
+                M candidate masks per prompt (3 for SAM2's multimask output).
+            iou: (N, M) float predicted IoU of each candidate, in [0, 1].
+        """
+
+    def decode_boxes(
+        self, embedding: Any, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes one box per prompt, single-mask output.
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            boxes: (N, 4) float32 XYXY in the S x S input frame, pixels.
+
+        Returns:
+            logits: (N, m, m) float mask logits; iou: (N,) predicted IoU in [0, 1].
+        """
+
+
+@runtime_checkable
+class FeatureEncoder(Protocol):
+    """Dense semantic features of an image (DINOv2's role).
+
+    Attributes:
+        identity: what the encoder is, e.g. ``{"name": "dinov2_vitl14", "weights": ...}``.
+            A memory bank is only valid with the encoder that made it.
+        input_size: side of the square input, pixels (518 for DINOv2 at patch 14).
+        grid_size: side of the output patch grid (``input_size // patch``, 37 for DINOv2).
+        dim: feature dimension D.
+        device: where its tensors live; inputs are moved there by the caller.
+    """
+
+    identity: dict[str, Any]
+    input_size: int
+    grid_size: int
+    dim: int
+    device: torch.device
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features of a batch of images.
+
+        Args:
+            images: (B, 3, I, I) float32 RGB in [0, 1], I = ``input_size``, not normalised
+                (the encoder applies its own normalisation).
+
+        Returns:
+            (B, G, G, D) float32 patch features, G = ``grid_size``, row-major (y, x).
+        """

@@ -1,0 +1,128 @@
+"""The method's settings as frozen dataclasses, with the ``paper`` presets.
+
+Every number of ``../shared/design/method.md`` is a field here. ``PAPER_REFERENCE`` and
+``PAPER_PREDICT`` reproduce the published pipeline exactly; the product defaults differ from them
+only by fixes that cannot change results on ordinary inputs (see each field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+MaskDownsample = Literal["area", "nearest"]
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """How reference instances become prototypes (method.md stages 1 and 2).
+
+    Attributes:
+        context_ratio: the square crop's side is ``(1 + context_ratio) * max(box w, box h)``.
+        mask_downsample: how the soft 518 x 518 crop mask becomes the encoder's G x G patch
+            weights. ``"area"`` averages each patch (the fix: thin objects keep a weight);
+            ``"nearest"`` samples one pixel per patch as the paper did, and can leave a reference
+            with no weight at all (then ``build_memory_bank`` raises, naming the label).
+    """
+
+    context_ratio: float = 0.2
+    mask_downsample: MaskDownsample = "area"
+
+    def __post_init__(self) -> None:
+        if self.context_ratio < 0:
+            raise ValueError(f"context_ratio must be >= 0, got {self.context_ratio}")
+        if self.mask_downsample not in ("area", "nearest"):
+            raise ValueError(
+                f"mask_downsample must be 'area' or 'nearest', got {self.mask_downsample!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ReferenceConfig":
+        return _from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a target image is segmented (method.md stage 3).
+
+    Attributes:
+        points_per_side: the prompt grid is ``points_per_side ** 2`` single positive points.
+        points_batch_size: prompts decoded together against one image embedding.
+        drop_incomplete_point_batch: the paper silently skipped the last prompts when the grid
+            size was not a multiple of ``points_batch_size``. False (the fix) keeps them; with
+            the paper's 32 x 32 grid and batches of 256 both give the same prompts.
+        pred_iou_thresh: proposals with predicted IoU <= this are dropped.
+        nms_iou_thresh: IoU threshold of the class-aware box NMS on low-resolution boxes.
+        nms_keep_factor: at most ``nms_keep_factor * max_detections`` candidates survive NMS.
+        merge_exponent: soft merge decay, ``score *= (1 - d) ** merge_exponent``.
+        max_detections: the most detections returned per image.
+        score_threshold: candidates with semantic score <= this are dropped after NMS (the
+            paper's 0.0 drops only candidates with no positive similarity to any class).
+        legacy_coco_box: True outputs the research code's box, one pixel short in width and
+            height (x2 = last mask column); False outputs the tight box (x2 = last column + 1).
+    """
+
+    points_per_side: int = 32
+    points_batch_size: int = 256
+    drop_incomplete_point_batch: bool = False
+    pred_iou_thresh: float = 0.4
+    nms_iou_thresh: float = 0.5
+    nms_keep_factor: int = 8
+    merge_exponent: float = 0.5
+    max_detections: int = 100
+    score_threshold: float = 0.0
+    legacy_coco_box: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.points_per_side >= 1, "points_per_side must be >= 1", self.points_per_side)
+        _require(
+            self.points_batch_size >= 1, "points_batch_size must be >= 1", self.points_batch_size
+        )
+        _require(
+            0.0 <= self.pred_iou_thresh < 1.0,
+            "pred_iou_thresh must be in [0, 1)",
+            self.pred_iou_thresh,
+        )
+        _require(
+            0.0 < self.nms_iou_thresh <= 1.0,
+            "nms_iou_thresh must be in (0, 1]",
+            self.nms_iou_thresh,
+        )
+        _require(self.nms_keep_factor >= 1, "nms_keep_factor must be >= 1", self.nms_keep_factor)
+        _require(self.merge_exponent >= 0, "merge_exponent must be >= 0", self.merge_exponent)
+        _require(self.max_detections >= 1, "max_detections must be >= 1", self.max_detections)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PredictConfig":
+        return _from_dict(cls, values)
+
+
+def _require(condition: bool, message: str, value: Any) -> None:
+    if not condition:
+        raise ValueError(f"{message}, got {value!r}")
+
+
+def _from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Builds a settings dataclass, naming any unknown keys instead of ignoring them."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} settings {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+PAPER_REFERENCE = ReferenceConfig(context_ratio=0.2, mask_downsample="nearest")
+"""Stage 1-2 settings of the published numbers."""
+
+PAPER_PREDICT = PredictConfig(drop_incomplete_point_batch=True, legacy_coco_box=True)
+"""Stage 3 settings of the published numbers (all other fields are already the paper's)."""
+
+PAPER_MODELS = {"sam2": "sam2_hiera_large", "dinov2": "dinov2_vitl14"}
+"""The models of the published numbers."""

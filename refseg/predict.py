@@ -1,0 +1,124 @@
+"""``predict``: a memory bank applied to a FiftyOne view, written as a Detections field."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import fiftyone as fo
+import torch
+from tqdm.auto import tqdm
+
+from refseg.components import FeatureEncoder, MaskProposer
+from refseg.config import PredictConfig
+from refseg.fiftyone_io import check_label_field, samples_of, to_detections, write_detections
+from refseg.images import target_loader
+from refseg.memory import MemoryBank
+from refseg.models import ModelCache, build_encoder, build_proposer
+from refseg.segmenter import Segmenter
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each batch of images."""
+
+
+def predict(
+    target_view: fo.core.collections.SampleCollection,
+    bank: MemoryBank,
+    label_field: str,
+    *,
+    points_per_side: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    config: PredictConfig = PredictConfig(),
+    sam2: str | None = None,
+    sam2_checkpoint: str | None = None,
+    dinov2_checkpoint: str | None = None,
+    pretrained: bool = True,
+    num_workers: int | None = None,
+    write_every: int = 64,
+    overwrite: bool = False,
+    proposer: MaskProposer | None = None,
+    encoder: FeatureEncoder | None = None,
+    cache: ModelCache | None = None,
+    progress: bool | ProgressCallback = True,
+) -> int:
+    """Segments every image of a view with a memory bank and stores the detections.
+
+    Each sample gets a ``fo.Detections`` in ``label_field`` (empty when nothing is found):
+    one ``fo.Detection`` per instance with its label, box, mask cropped to the box and
+    ``confidence``. Other fields are never touched.
+
+    Args:
+        target_view: the images to segment.
+        bank: the memory bank (see ``build_memory_bank``).
+        label_field: the field to write.
+        points_per_side: prompt grid density; overrides ``config.points_per_side``.
+        batch_size: images encoded together.
+        device: torch device; default CUDA when available.
+        config: prediction settings (``refseg.config.PAPER_PREDICT`` for paper mode).
+        sam2: the SAM2 model; default the one recorded in the bank.
+        sam2_checkpoint, dinov2_checkpoint: explicit weight files.
+        pretrained: False builds the models with random weights (tests and smoke runs only).
+        num_workers: DataLoader processes decoding images; default min(4, CPUs - 1).
+        write_every: samples per batched database write.
+        overwrite: allow writing into an existing Detections field (its values on the
+            predicted samples are replaced; other samples keep theirs).
+        proposer, encoder: ready components instead of building them. The encoder must be the
+            one that built the bank.
+        cache: a ModelCache to reuse loaded models.
+        progress: True shows a progress bar; a callable receives ``(done, total)``.
+
+    Returns:
+        The number of detections written.
+
+    Raises:
+        ValueError: an empty view, an existing field without ``overwrite``, or a bank built
+            with another encoder.
+    """
+    if len(target_view) == 0:
+        raise ValueError("The target view has no samples; nothing to predict")
+    check_label_field(target_view, label_field, overwrite)
+    if points_per_side is not None:
+        config = dataclasses.replace(config, points_per_side=points_per_side)
+    cache = cache or ModelCache()
+    encoder = encoder or build_encoder(
+        bank.encoder["name"], checkpoint=dinov2_checkpoint, pretrained=pretrained,
+        device=device, cache=cache,
+    )
+    proposer = proposer or build_proposer(
+        sam2 or bank.proposer["name"], checkpoint=sam2_checkpoint, pretrained=pretrained,
+        device=device, cache=cache,
+    )
+    segmenter = Segmenter(proposer, encoder, bank, config)
+    return _run(segmenter, target_view, label_field, batch_size, num_workers, write_every, progress)
+
+
+def _run(segmenter, view, label_field, batch_size, num_workers, write_every, progress) -> int:
+    """Loads, segments and writes in order, one batched write per ``write_every`` samples."""
+    ids, paths = samples_of(view)
+    workers = _default_workers() if num_workers is None else num_workers
+    loader = target_loader(
+        paths, segmenter.proposer.image_size, batch_size=batch_size, num_workers=workers
+    )
+    bar = tqdm(total=len(ids), desc="Predicting", disable=progress is not True)
+    pending: dict[str, fo.Detections] = {}
+    written = done = 0
+    for indices, images, sizes in loader:
+        for index, predictions in zip(indices, segmenter.segment_batch(images, sizes)):
+            pending[ids[index]] = to_detections(predictions)
+            written += len(predictions)
+        done += len(indices)
+        bar.update(len(indices))
+        if callable(progress):
+            progress(done, len(ids))
+        if len(pending) >= write_every:
+            write_detections(view, label_field, pending)
+            pending = {}
+    write_detections(view, label_field, pending)
+    bar.close()
+    return written
+
+
+def _default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))

@@ -1,0 +1,98 @@
+"""Stage 3.4: class-agnostic mask proposals from the prompt grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from refseg.components import MaskProposer
+from refseg.config import PredictConfig
+from refseg.geometry import point_grid
+
+
+@dataclass(frozen=True)
+class Proposals:
+    """Masks proposed for one image, in prompt order.
+
+    Attributes:
+        logits: (N, m, m) float32 mask logits on the proposer's low-resolution grid.
+        iou: (N,) float32 predicted IoU in [0, 1].
+    """
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.iou.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Proposals":
+        """The proposals at ``index`` ((K,) int64 or (N,) bool), in that order."""
+        return Proposals(self.logits[index], self.iou[index])
+
+
+def prompt_batches(config: PredictConfig, image_size: int) -> list[torch.Tensor]:
+    """The prompt grid cut into decoder batches.
+
+    Returns:
+        A list of (b, 2) float32 XY point tensors in the S x S frame. The last batch is shorter
+        when the grid is not a multiple of ``points_batch_size``; it is dropped only when
+        ``drop_incomplete_point_batch`` asks for the research code's behaviour.
+    """
+    points = point_grid(config.points_per_side, image_size)
+    batches = list(torch.split(points, config.points_batch_size))
+    if config.drop_incomplete_point_batch and batches[-1].shape[0] < config.points_batch_size:
+        batches = batches[:-1]
+    if not batches:
+        raise ValueError(
+            f"drop_incomplete_point_batch leaves no prompts: {points.shape[0]} points per image "
+            f"is fewer than points_batch_size={config.points_batch_size}"
+        )
+    return batches
+
+
+def propose(
+    proposer: MaskProposer, embedding: Any, config: PredictConfig
+) -> Proposals:
+    """Decodes the prompt grid on one image and keeps the confident masks.
+
+    For each prompt the decoder gives M candidate masks; the one with the highest predicted IoU
+    is kept, with that IoU as its score. Masks with predicted IoU <= ``pred_iou_thresh`` are
+    dropped. No stability filter, hole filling, crops or area filter (paper mode).
+
+    Args:
+        proposer: the mask proposer.
+        embedding: one image's embedding from ``proposer.select_image``.
+        config: prediction settings (grid, batch size, IoU threshold).
+
+    Returns:
+        The surviving proposals, in prompt order.
+    """
+    logits, ious = [], []
+    for points in prompt_batches(config, proposer.image_size):
+        points = points.to(proposer.device)
+        batch_logits, batch_iou = proposer.decode_points(embedding, points)
+        best_logits, best_iou = best_of_multimask(batch_logits, batch_iou)
+        keep = best_iou > config.pred_iou_thresh
+        logits.append(best_logits[keep].float())
+        ious.append(best_iou[keep].float())
+    return Proposals(torch.cat(logits), torch.cat(ious))
+
+
+def best_of_multimask(
+    logits: torch.Tensor, iou: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt, the candidate mask with the highest predicted IoU.
+
+    Args:
+        logits: (N, M, m, m) mask logits.
+        iou: (N, M) predicted IoU.
+
+    Returns:
+        (N, m, m) logits and (N,) IoU of the chosen candidates (first index on ties).
+    """
+    best = iou.argmax(dim=1)
+    rows = torch.arange(iou.shape[0], device=iou.device)
+    return logits[rows, best], iou[rows, best]
+

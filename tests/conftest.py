@@ -1,0 +1,40 @@
+"""Test-session isolation: every run gets its own FiftyOne database, dropped at the end.
+
+FiftyOne reads ``FIFTYONE_DATABASE_NAME`` when it is first imported, so this module sets it
+before anything imports fiftyone. Heavy tests (real model architectures on the CPU) carry the
+``slow`` marker; ``-m "not slow"`` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+os.environ["FIFTYONE_DATABASE_NAME"] = f"refseg-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_fiftyone_database():
+    """Yields, then drops this run's database (only if a test connected to it)."""
+    yield
+    import sys
+
+    if "fiftyone" not in sys.modules:
+        return
+    import fiftyone.core.odm as foo
+
+    foo.get_db_client().drop_database(os.environ["FIFTYONE_DATABASE_NAME"])
+
+
+@pytest.fixture
+def dataset_name(request) -> str:
+    """A dataset name unique to the test, deleted afterwards if the test made it."""
+    name = f"{request.node.name}-{uuid.uuid4().hex[:6]}"
+    yield name
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)

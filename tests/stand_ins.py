@@ -1,0 +1,120 @@
+"""Deterministic stand-ins for SAM2 and DINOv2 with the same interfaces, for synthetic shapes.
+
+``ShapeProposer`` behaves like a prompted segmenter on ``refseg.synthetic`` images: a point on a
+shape yields (a part of the shape, the whole shape, a square distractor) with predicted IoUs
+(0.6, 0.9, 0.5); a point on the background yields small square distractors. ``PaletteEncoder``
+gives each patch a feature encoding its colour: a soft assignment to the synthetic palette,
+mapped to D dimensions by a fixed random rotation. Nothing here looks at ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from refseg.synthetic import PALETTE
+
+SATURATION_THRESHOLD = 0.3
+
+
+@dataclass(frozen=True)
+class ShapeEmbedding:
+    """Per-image 'embedding': connected components of saturated pixels, (S, S) int64."""
+
+    components: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+
+class ShapeProposer:
+    """A MaskProposer for synthetic shapes (see the module docstring)."""
+
+    def __init__(self, image_size: int = 128, mask_size: int = 128) -> None:
+        self.identity = {"name": "shape-proposer", "weights": "none"}
+        self.image_size = image_size
+        self.mask_size = mask_size
+        self.device = torch.device("cpu")
+        self.encoded_batches = 0
+
+    def encode_images(self, images: torch.Tensor) -> list[ShapeEmbedding]:
+        self.encoded_batches += 1
+        saturation = images.max(dim=1).values - images.min(dim=1).values
+        embeddings = []
+        for mask in (saturation > SATURATION_THRESHOLD).numpy():
+            components, _ = ndimage.label(mask)
+            embeddings.append(ShapeEmbedding(torch.from_numpy(components.astype(np.int64))))
+        return embeddings
+
+    def select_image(self, embedding: list[ShapeEmbedding], index: int) -> ShapeEmbedding:
+        return embedding[index]
+
+    def decode_points(self, embedding: ShapeEmbedding, points: torch.Tensor):
+        masks, ious = [], []
+        for x, y in points.tolist():
+            component = int(embedding.components[int(y), int(x)])
+            if component:
+                whole = embedding.components == component
+                candidates = [_left_half(whole), whole, _square(self.image_size, x, y, 24)]
+                scores = [0.6, 0.9, 0.5]
+            else:
+                candidates = [_square(self.image_size, x, y, s) for s in (6, 10, 14)]
+                scores = [0.3, 0.45, 0.35]
+            masks.append(torch.stack([self._logits(c) for c in candidates]))
+            ious.append(torch.tensor(scores))
+        return torch.stack(masks), torch.stack(ious)
+
+    def decode_boxes(self, embedding: ShapeEmbedding, boxes: torch.Tensor):
+        masks = []
+        for x1, y1, x2, y2 in boxes.tolist():
+            inside = torch.zeros_like(embedding.components, dtype=torch.bool)
+            inside[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
+            masks.append(self._logits(inside & (embedding.components > 0)))
+        return torch.stack(masks), torch.full((len(masks),), 0.95)
+
+    def _logits(self, mask: torch.Tensor) -> torch.Tensor:
+        """(m, m) logits: +-10 scaled by the area fraction of each low-resolution cell."""
+        fraction = F.adaptive_avg_pool2d(mask[None, None].float(), self.mask_size)[0, 0]
+        return (fraction - 0.5) * 20.0
+
+
+class PaletteEncoder:
+    """A FeatureEncoder whose patch features encode colour (see the module docstring)."""
+
+    def __init__(self, input_size: int = 112, patch_size: int = 8, dim: int = 16) -> None:
+        self.identity = {"name": "palette-encoder", "weights": f"dim={dim}"}
+        self.input_size = input_size
+        self.grid_size = input_size // patch_size
+        self.dim = dim
+        self.device = torch.device("cpu")
+        self.palette = torch.tensor(list(PALETTE.values()), dtype=torch.float32)
+        rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(0)))
+        self.projection = rotation[: len(PALETTE)]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.permute(0, 2, 3, 1)
+        distance = torch.cdist(pixels.reshape(-1, 3), self.palette).reshape(*pixels.shape[:3], -1)
+        assignment = torch.softmax(-distance / 0.05, dim=-1)
+        features = assignment @ self.projection
+        pooled = F.adaptive_avg_pool2d(features.permute(0, 3, 1, 2), self.grid_size)
+        return pooled.permute(0, 2, 3, 1)
+
+
+def _left_half(mask: torch.Tensor) -> torch.Tensor:
+    columns = torch.nonzero(mask.any(dim=0)).flatten()
+    middle = int(columns.min() + columns.max() + 1) // 2
+    half = mask.clone()
+    half[:, middle:] = False
+    return half
+
+
+def _square(size: int, x: float, y: float, side: int) -> torch.Tensor:
+    mask = torch.zeros((size, size), dtype=torch.bool)
+    x1, y1 = max(0, int(x) - side // 2), max(0, int(y) - side // 2)
+    mask[y1 : y1 + side, x1 : x1 + side] = True
+    return mask
