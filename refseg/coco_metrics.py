@@ -1,0 +1,352 @@
+"""COCO AP with pycocotools, from per-image detections: the pure layer of ``refseg.evaluate``.
+
+Nothing here touches a database. :func:`to_coco` turns :class:`ImageRecord` s (an image size
+plus ground-truth and predicted ``fo.Detection`` objects) into the two inputs of pycocotools: a
+ground-truth dataset dict and a list of result dicts. :func:`evaluate_coco` runs ``COCOeval``
+for ``"bbox"`` and ``"segm"`` with its default parameters (IoU 0.50:0.95 in steps of 0.05,
+maxDets 1/10/100, areas all/small/medium/large) and returns an :class:`EvaluationReport`.
+
+Conventions (the ones of COCO and detectron2, so numbers compare with papers):
+- Categories are the sorted union of ground-truth labels, predicted labels and the requested
+  ``classes``, with ids 1..C in that order. ``classes`` restricts the evaluated categories
+  (COCOeval's ``params.catIds``); predictions of other classes then have no effect.
+- A category without (non-crowd) ground truth gets precision -1 in COCOeval and is left out of
+  every mean, exactly as in the paper's evaluation (its 20 novel classes have ground truth).
+  Its per-class AP is reported as NaN.
+- Result areas follow ``COCO.loadRes``: box area for ``"bbox"``, mask area for ``"segm"``.
+  The ground truth has one area, its mask area, used by both (as in COCO's annotation files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+logger = logging.getLogger(__name__)
+
+IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
+
+STAT_NAMES: tuple[str, ...] = (
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)  # fmt: skip
+"""Names of ``COCOeval.stats`` in order (AP/AR over IoU .50:.95 unless named otherwise)."""
+
+_STAT_LINES: tuple[tuple[str, str, str, int], ...] = (
+    ("Average Precision  (AP)", "0.50:0.95", "all", 100),
+    ("Average Precision  (AP)", "0.50", "all", 100),
+    ("Average Precision  (AP)", "0.75", "all", 100),
+    ("Average Precision  (AP)", "0.50:0.95", "small", 100),
+    ("Average Precision  (AP)", "0.50:0.95", "medium", 100),
+    ("Average Precision  (AP)", "0.50:0.95", "large", 100),
+    ("Average Recall     (AR)", "0.50:0.95", "all", 1),
+    ("Average Recall     (AR)", "0.50:0.95", "all", 10),
+    ("Average Recall     (AR)", "0.50:0.95", "all", 100),
+    ("Average Recall     (AR)", "0.50:0.95", "small", 100),
+    ("Average Recall     (AR)", "0.50:0.95", "medium", 100),
+    ("Average Recall     (AR)", "0.50:0.95", "large", 100),
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One evaluated image.
+
+    Attributes:
+        width: image width in pixels.
+        height: image height in pixels.
+        ground_truth: ground-truth detections (relative ``[x, y, w, h]`` boxes in [0, 1],
+            optional box-cropped boolean ``mask``, optional ``iscrowd`` attribute).
+        predictions: predicted detections; each needs a ``confidence``.
+        name: how the image is named in error messages and in the COCO ``file_name``.
+    """
+
+    width: int
+    height: int
+    ground_truth: Sequence[fo.Detection] = ()
+    predictions: Sequence[fo.Detection] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class CocoInputs:
+    """What pycocotools consumes.
+
+    Attributes:
+        dataset: a COCO ground-truth dict (``images``, ``annotations``, ``categories``).
+        results: COCO result dicts, each with ``image_id``, ``category_id``, ``score``,
+            ``bbox`` (absolute ``[x, y, w, h]`` pixels) and ``segmentation`` (full-image RLE).
+    """
+
+    dataset: dict[str, Any]
+    results: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """COCO metrics of one evaluation.
+
+    Attributes:
+        bbox: the 12 ``COCOeval`` statistics of box AP/AR keyed by :data:`STAT_NAMES`, in
+            [0, 1], or -1 where COCOeval has nothing to average (no ground truth).
+        segm: the same for mask AP/AR.
+        per_class_ap: ``per_class_ap[iou_type][class]`` = AP over IoU .50:.95 (area all,
+            maxDets 100) in [0, 1]; NaN for a class without ground truth.
+        classes: the evaluated class names, sorted.
+        num_images: number of evaluated images.
+        fiftyone_map: the mAP of the FiftyOne evaluation run stored with the report, in [0, 1];
+            None when none was run. See ``refseg.evaluate`` for how it relates to pycocotools.
+        fiftyone_iou_type: what that run matched: ``"segm"`` (masks) or ``"bbox"``; else None.
+    """
+
+    bbox: dict[str, float]
+    segm: dict[str, float]
+    per_class_ap: dict[str, dict[str, float]]
+    classes: tuple[str, ...]
+    num_images: int
+    fiftyone_map: float | None = None
+    fiftyone_iou_type: str | None = None
+
+    def table(self) -> str:
+        """Returns a printable text table: the 12 COCO lines (bbox | segm), then per-class AP %."""
+        lines = [f"COCO evaluation of {self.num_images} images, {len(self.classes)} classes"]
+        labels = [
+            f" {kind} @[ IoU={iou:<9} | area={area:>6} | maxDets={dets:>3} ]"
+            for kind, iou, area, dets in _STAT_LINES
+        ]
+        lines.append(f"{'':{len(labels[0])}}  {'bbox':>6} | {'segm':>6}")
+        for name, label in zip(STAT_NAMES, labels):
+            lines.append(f"{label}  {self.bbox[name]:6.3f} | {self.segm[name]:6.3f}")
+        if self.fiftyone_map is not None:
+            lines.append(
+                f"FiftyOne {self.fiftyone_iou_type} mAP (IoU=0.50:0.95): {self.fiftyone_map:.3f}"
+            )
+        width = max([len("class"), *(len(c) for c in self.classes)])
+        lines.append("\nPer-class AP (IoU=0.50:0.95), %")
+        lines.append(f"{'class':<{width}}  {'bbox':>6}  {'segm':>6}")
+        for name in self.classes:
+            box, seg = (100 * self.per_class_ap[t][name] for t in IOU_TYPES)
+            lines.append(f"{name:<{width}}  {box:6.1f}  {seg:6.1f}")
+        return "\n".join(lines)
+
+
+def to_coco(records: Sequence[ImageRecord], classes: Sequence[str] = ()) -> CocoInputs:
+    """Converts per-image detections to COCO dicts; image ids are 1..N in record order.
+
+    Boxes: relative box times the image size, not rounded. Masks: the box-cropped mask is
+    pasted into an all-false (H, W) image at the box's rounded pixel corners (resized with
+    nearest neighbour first if its shape differs from the box's pixel size, clipped to the
+    image) and stored as RLE. A detection without a mask falls back to its box: a filled
+    rectangle RLE over the box's rounded pixel corners. Ground truth ``area`` is the mask area;
+    ``iscrowd`` is the detection's ``iscrowd`` attribute (False when absent).
+
+    Args:
+        records: the images, each with ground truth and predictions.
+        classes: extra category names to create even if no detection carries them.
+
+    Raises:
+        ValueError: a detection has no label, a prediction has no confidence, or an image
+            size is not positive.
+    """
+    names = {d.label for r in records for d in (*r.ground_truth, *r.predictions)}
+    if None in names:
+        raise ValueError("every detection needs a label; found one with label None")
+    category_ids = {name: i for i, name in enumerate(sorted(names | set(classes)), start=1)}
+    images, annotations, results = [], [], []
+    for image_id, record in enumerate(records, start=1):
+        _check_size(record)
+        size = {"width": record.width, "height": record.height}
+        images.append({"id": image_id, **size, "file_name": record.name})
+        for det in record.ground_truth:
+            annotations.append(_gt_annotation(det, record, image_id, category_ids))
+        for det in record.predictions:
+            results.append(_result(det, record, image_id, category_ids))
+    for ann_id, ann in enumerate(annotations, start=1):
+        ann["id"] = ann_id
+    categories = [{"id": i, "name": name} for name, i in category_ids.items()]
+    dataset = {"images": images, "annotations": annotations, "categories": categories}
+    return CocoInputs(dataset=dataset, results=results)
+
+
+def evaluate_records(
+    records: Sequence[ImageRecord], *, classes: Sequence[str] | None = None
+) -> EvaluationReport:
+    """Converts ``records`` with :func:`to_coco` and evaluates them with :func:`evaluate_coco`."""
+    return evaluate_coco(to_coco(records, classes or ()), classes=classes)
+
+
+def evaluate_coco(inputs: CocoInputs, *, classes: Sequence[str] | None = None) -> EvaluationReport:
+    """Runs pycocotools ``COCOeval`` (default parameters) for ``"bbox"`` and ``"segm"``.
+
+    Args:
+        inputs: ground truth and results, e.g. from :func:`to_coco`.
+        classes: evaluate only these category names (all categories when None). Names that
+            no ground truth or prediction carries are logged and evaluate to NaN.
+
+    Raises:
+        ValueError: ``inputs`` has no image, ``classes`` is empty, or a name in ``classes``
+            has no category.
+    """
+    if not inputs.dataset["images"]:
+        raise ValueError("nothing to evaluate: no images; pass a non-empty view or records")
+    if classes is not None and len(classes) == 0:
+        raise ValueError("classes is empty; pass None to evaluate every class")
+    name_of = {c["id"]: c["name"] for c in inputs.dataset["categories"]}
+    cat_ids = _select_categories(name_of, inputs.dataset["annotations"], inputs.results, classes)
+    ground_truth = _coco_index(inputs.dataset)
+    stats, per_class = {}, {}
+    for iou_type in IOU_TYPES:
+        detections = _coco_index(_results_dataset(inputs, iou_type))
+        stats[iou_type], per_class[iou_type] = _run_cocoeval(
+            ground_truth, detections, iou_type, cat_ids, name_of
+        )
+    return EvaluationReport(
+        bbox=stats["bbox"],
+        segm=stats["segm"],
+        per_class_ap=per_class,
+        classes=tuple(name_of[i] for i in cat_ids),
+        num_images=len(inputs.dataset["images"]),
+    )
+
+
+def _check_size(record: ImageRecord) -> None:
+    if record.width <= 0 or record.height <= 0:
+        raise ValueError(
+            f"image {record.name!r} has size {record.width}x{record.height}; "
+            "width and height must be positive (recompute the sample metadata)"
+        )
+
+
+def _gt_annotation(
+    det: fo.Detection, record: ImageRecord, image_id: int, category_ids: dict[str, int]
+) -> dict[str, Any]:
+    rle = _full_image_rle(det, record)
+    return {
+        "image_id": image_id,
+        "category_id": category_ids[det.label],
+        "bbox": _absolute_box(det, record),
+        "segmentation": rle,
+        "area": float(mask_utils.area(rle)),
+        "iscrowd": int(bool(det.get_attribute_value("iscrowd", False))),
+    }
+
+
+def _result(
+    det: fo.Detection, record: ImageRecord, image_id: int, category_ids: dict[str, int]
+) -> dict[str, Any]:
+    if det.confidence is None:
+        raise ValueError(
+            f"a {det.label!r} prediction in image {record.name!r} has no confidence; "
+            "COCO AP ranks predictions by score, so set `confidence` on every prediction"
+        )
+    return {
+        "image_id": image_id,
+        "category_id": category_ids[det.label],
+        "score": float(det.confidence),
+        "bbox": _absolute_box(det, record),
+        "segmentation": _full_image_rle(det, record),
+    }
+
+
+def _absolute_box(det: fo.Detection, record: ImageRecord) -> list[float]:
+    """Relative [x, y, w, h] -> absolute [x, y, w, h] pixels, unrounded."""
+    x, y, w, h = det.bounding_box
+    return [x * record.width, y * record.height, w * record.width, h * record.height]
+
+
+def _full_image_rle(det: fo.Detection, record: ImageRecord) -> dict[str, Any]:
+    """The detection's mask (or its box) as an (H, W) image, RLE-encoded."""
+    x, y, w, h = det.bounding_box
+    x0, x1 = round(x * record.width), round((x + w) * record.width)
+    y0, y1 = round(y * record.height), round((y + h) * record.height)
+    shape = (max(y1 - y0, 0), max(x1 - x0, 0))
+    mask = det.get_mask()
+    crop = np.ones(shape, dtype=bool) if mask is None else _resize_nearest(mask, shape)
+    full = np.zeros((record.height, record.width), dtype=bool)
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x1, record.width), min(y1, record.height)
+    if cx1 > cx0 and cy1 > cy0:
+        full[cy0:cy1, cx0:cx1] = crop[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+
+
+def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) mask -> ``shape`` bool by nearest neighbour (pixel centres); no-op if equal."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape == shape:
+        return mask
+    if mask.size == 0 or 0 in shape:
+        return np.zeros(shape, dtype=bool)
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
+    return mask[rows.astype(int)][:, cols.astype(int)]
+
+
+def _select_categories(
+    name_of: dict[int, str],
+    annotations: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    classes: Sequence[str] | None,
+) -> list[int]:
+    """Category ids to evaluate, sorted; logs requested names that nothing carries."""
+    if classes is None:
+        return sorted(name_of)
+    id_of = {name: i for i, name in name_of.items()}
+    unknown = sorted(set(classes) - set(id_of))
+    if unknown:
+        raise ValueError(f"classes {unknown} have no category; add them to to_coco(classes=...)")
+    used = {a["category_id"] for a in annotations} | {r["category_id"] for r in results}
+    absent = sorted(name for name in set(classes) if id_of[name] not in used)
+    if absent:
+        logger.warning("no ground truth or prediction has the classes %s; their AP is NaN", absent)
+    return sorted(id_of[name] for name in set(classes))
+
+
+def _results_dataset(inputs: CocoInputs, iou_type: str) -> dict[str, Any]:
+    """Results as a COCO dataset, as ``COCO.loadRes`` would build them (also when empty)."""
+    annotations = []
+    for ann_id, res in enumerate(inputs.results, start=1):
+        box, rle = res["bbox"], res["segmentation"]
+        area = box[2] * box[3] if iou_type == "bbox" else mask_utils.area(rle)
+        annotations.append({**res, "id": ann_id, "iscrowd": 0, "area": float(area)})
+    return {**inputs.dataset, "annotations": annotations}
+
+
+def _coco_index(dataset: dict[str, Any]) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _run_cocoeval(
+    ground_truth: COCO, detections: COCO, iou_type: str, cat_ids: list[int], name_of: dict[int, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Returns the 12 named statistics and the per-class AP (detectron2's definition)."""
+    coco_eval = COCOeval(ground_truth, detections, iouType=iou_type)
+    coco_eval.params.catIds = cat_ids
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    stats = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+    # precision: (iou thresholds, recall thresholds, categories, areas, maxDets)
+    precision = coco_eval.eval["precision"]
+    per_class = {}
+    for k, cat_id in enumerate(cat_ids):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        per_class[name_of[cat_id]] = float(values.mean()) if values.size else math.nan
+    return stats, per_class
