@@ -142,14 +142,18 @@ class MemoryBank:
     def without_references(self, label_ids: Iterable[str]) -> "MemoryBank":
         """A new bank without the references of the given label ids.
 
+        A class whose references are all removed leaves the bank.
+
         Raises:
-            ValueError: if an id is not in the bank, or a class would be left without references.
+            ValueError: if an id is not in the bank, or no reference would be left.
         """
         remove = set(label_ids)
         unknown = remove - {r.label_id for r in self.references}
         if unknown:
             raise ValueError(f"Label ids not in this memory bank: {sorted(unknown)}")
         kept = [(r, p) for r, p in zip(self.references, self.prototypes) if r.label_id not in remove]
+        if not kept:
+            raise ValueError("Removing these references would leave the memory bank empty")
         return self._from_records(kept)
 
     def _from_records(self, records: list[tuple[ReferenceRecord, np.ndarray]]) -> "MemoryBank":

@@ -112,15 +112,16 @@ class Segmenter:
         self, embedding, grid: torch.Tensor, image_size: tuple[int, int]
     ) -> Predictions:
         proposals = propose(self.proposer, embedding, self.config)
-        candidates = self._match(proposals, grid)
-        candidates = self._suppress(candidates)
+        proposals = proposals.select(proposals.logits.flatten(1).gt(0).any(dim=1))
+        if len(proposals) == 0:
+            return Predictions.empty(self.class_names, image_size)
+        candidates = self._suppress(self._match(proposals, grid))
         if len(candidates.scores) == 0:
             return Predictions.empty(self.class_names, image_size)
         return self._merge(candidates, image_size)
 
     def _match(self, proposals: Proposals, grid: torch.Tensor) -> Candidates:
-        """Features, class and score of every non-empty proposal."""
-        proposals = proposals.select(proposals.logits.flatten(1).gt(0).any(dim=1))
+        """Features, class and score of every proposal (all non-empty)."""
         features = features_on_mask_grid(grid, self.proposer.mask_size)
         binary = (proposals.logits > 0).to(features.device)
         object_features = mask_features(binary, features)

@@ -22,11 +22,10 @@ def _isolated_fiftyone_database():
     yield
     import sys
 
-    if "fiftyone" not in sys.modules:
-        return
-    import fiftyone.core.odm as foo
-
-    foo.get_db_client().drop_database(os.environ["FIFTYONE_DATABASE_NAME"])
+    database = sys.modules.get("fiftyone.core.odm.database")
+    if database is None or database._client is None:
+        return  # this run never connected
+    database.get_db_client().drop_database(os.environ["FIFTYONE_DATABASE_NAME"])
 
 
 @pytest.fixture

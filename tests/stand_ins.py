@@ -1,8 +1,9 @@
 """Deterministic stand-ins for SAM2 and DINOv2 with the same interfaces, for synthetic shapes.
 
 ``ShapeProposer`` behaves like a prompted segmenter on ``refseg.synthetic`` images: a point on a
-shape yields (a part of the shape, the whole shape, a square distractor) with predicted IoUs
-(0.6, 0.9, 0.5); a point on the background yields small square distractors. ``PaletteEncoder``
+shape yields (its left 40 %, the whole shape, a square distractor) with predicted IoUs
+(0.6, 0.9, 0.5), except that a point on the left part prefers the part (0.88 against 0.86), so
+parts survive to the soft merge; a point on the background yields small square distractors. ``PaletteEncoder``
 gives each patch a feature encoding its colour: a soft assignment to the synthetic palette,
 mapped to D dimensions by a fixed random rotation. Nothing here looks at ground truth.
 """
@@ -60,8 +61,9 @@ class ShapeProposer:
             component = int(embedding.components[int(y), int(x)])
             if component:
                 whole = embedding.components == component
-                candidates = [_left_half(whole), whole, _square(self.image_size, x, y, 24)]
-                scores = [0.6, 0.9, 0.5]
+                part = _left_part(whole)
+                candidates = [part, whole, _square(self.image_size, x, y, 24)]
+                scores = [0.88, 0.86, 0.5] if part[int(y), int(x)] else [0.6, 0.9, 0.5]
             else:
                 candidates = [_square(self.image_size, x, y, s) for s in (6, 10, 14)]
                 scores = [0.3, 0.45, 0.35]
@@ -105,12 +107,13 @@ class PaletteEncoder:
         return pooled.permute(0, 2, 3, 1)
 
 
-def _left_half(mask: torch.Tensor) -> torch.Tensor:
+def _left_part(mask: torch.Tensor) -> torch.Tensor:
+    """The mask's columns left of 40 % of its width (box IoU with the whole < 0.5)."""
     columns = torch.nonzero(mask.any(dim=0)).flatten()
-    middle = int(columns.min() + columns.max() + 1) // 2
-    half = mask.clone()
-    half[:, middle:] = False
-    return half
+    cut = int(columns.min()) + int(0.4 * (int(columns.max()) + 1 - int(columns.min())))
+    part = mask.clone()
+    part[:, cut:] = False
+    return part
 
 
 def _square(size: int, x: float, y: float, side: int) -> torch.Tensor:

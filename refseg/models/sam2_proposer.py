@@ -1,0 +1,231 @@
+"""SAM2 as refseg's :class:`~refseg.components.MaskProposer`.
+
+The model comes from the ``sam2`` package (its shipped Hydra configs); weights are loaded here
+from Meta's checkpoint files through a pure adapter, with missing and unexpected keys reported.
+The image encoder runs once per batch; the prompt encoder and mask decoder run per prompt batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from refseg.models.preprocess import prepare_images
+from refseg.models.registry import Sam2Spec
+from refseg.models.weights import CheckpointMismatchError
+
+# SAM2's prompt-encoder labels: a positive click, and the two corners of a box.
+_POSITIVE_POINT = 1
+_BOX_CORNER_LABELS = (2, 3)
+
+
+@dataclass(frozen=True)
+class Sam2Embedding:
+    """SAM2 image features of a batch, made by ``Sam2Proposer.encode_images``.
+
+    Attributes:
+        image_embed: (B, 256, 64, 64) float32, the low-resolution image embedding
+            (plus ``no_mem_embed`` only if the proposer was built with ``add_no_mem_embed``).
+        high_res: the decoder's two high-resolution maps, already projected by the decoder's
+            ``conv_s0`` / ``conv_s1``: (B, 32, 256, 256) and (B, 64, 128, 128) float32.
+    """
+
+    image_embed: torch.Tensor
+    high_res: tuple[torch.Tensor, torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        """Number of images B."""
+        return self.image_embed.shape[0]
+
+
+def build_sam2_model(spec: Sam2Spec) -> nn.Module:
+    """SAM2's architecture for ``spec`` on the CPU, in eval mode, with its initial weights.
+
+    Built with SAM2's post-processing on: it only changes single-mask outputs (box prompts),
+    which fall back to the best multimask output when unstable, as SAM2's image predictor does.
+    Multimask outputs (point prompts) stay the plain decoder outputs.
+    """
+    from sam2.build_sam import build_sam2
+
+    return build_sam2(
+        spec.config, ckpt_path=None, device="cpu", mode="eval", apply_postprocessing=True
+    )
+
+
+def sam2_checkpoint_adapter(
+    checkpoint: Mapping[str, Any], model: nn.Module
+) -> Mapping[str, torch.Tensor]:
+    """Returns the state dict inside a SAM2 checkpoint for ``model``.
+
+    Meta's files hold ``{"model": state_dict}``; a bare state dict (``model.state_dict()``
+    saved directly) is passed through. ``model`` is unused: the official layout already matches
+    the ``sam2`` package's modules.
+    """
+    del model
+    return checkpoint["model"] if "model" in checkpoint else checkpoint
+
+
+def load_sam2_checkpoint(model: nn.Module, path: Path) -> None:
+    """Loads a SAM2 checkpoint file into ``model`` in place (CPU, ``weights_only=True``).
+
+    Raises:
+        CheckpointMismatchError: keys are missing or unexpected; the message lists them and
+            names the file.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = sam2_checkpoint_adapter(checkpoint, model)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{path} does not fit this SAM2 architecture: missing keys {sorted(missing)}, "
+            f"unexpected keys {sorted(unexpected)}. Pass the checkpoint file made for this model "
+            f"name (SAM 2.0 and 2.1 files are not interchangeable)."
+        )
+
+
+class Sam2Proposer:
+    """Class-agnostic masks from point or box prompts with SAM2 (a ``MaskProposer``).
+
+    Attributes:
+        identity: ``{"name": <registry name>, "weights": <file name and hash, or random>}``.
+        image_size: 1024, the square input frame in pixels.
+        mask_size: 256, the square low-resolution mask grid.
+    """
+
+    def __init__(
+        self, *, model: nn.Module, spec: Sam2Spec, weights: str, add_no_mem_embed: bool = False
+    ) -> None:
+        """Wraps a built SAM2 model.
+
+        Args:
+            model: a ``sam2`` ``SAM2Base`` in eval mode, on the device it should run on.
+            spec: the model's registry record (name, input frame, normalisation).
+            weights: what its weights are, for ``identity`` (see ``weights.weights_label``).
+            add_no_mem_embed: add SAM2's ``no_mem_embed`` to the image embedding, as SAM2's
+                image predictor does. False (paper mode) uses the plain encoder output.
+        """
+        self._model = model
+        self._spec = spec
+        self._add_no_mem_embed = add_no_mem_embed
+        extra = {"add_no_mem_embed": True} if add_no_mem_embed else {}
+        self.identity: dict[str, Any] = {"name": spec.name, "weights": weights, **extra}
+        self.image_size = spec.image_size
+        self.mask_size = spec.mask_size
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's weights are on; inputs are moved there."""
+        return next(self._model.parameters()).device
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped ``sam2`` model (read it, do not modify it)."""
+        return self._model
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> Sam2Embedding:
+        """Runs the image encoder once on a batch.
+
+        Args:
+            images: (B, 3, 1024, 1024) float RGB in [0, 1], not normalised.
+
+        Returns:
+            The batch's features; ``select_image`` picks one image for decoding.
+        """
+        spec = self._spec
+        pixels = prepare_images(
+            images, size=spec.image_size, mean=spec.mean, std=spec.std, device=self.device
+        )
+        backbone = self._model.forward_image(pixels)
+        # The last three FPN levels, finest first; forward_image already projected the two
+        # finest ones for the decoder.
+        s0, s1, image_embed = backbone["backbone_fpn"][-3:]
+        if self._add_no_mem_embed:
+            image_embed = image_embed + self._model.no_mem_embed.view(1, -1, 1, 1)
+        return Sam2Embedding(image_embed=image_embed, high_res=(s0, s1))
+
+    def select_image(self, embedding: Sam2Embedding, index: int) -> Sam2Embedding:
+        """Returns the embedding of image ``index`` of a batch (a batch of one)."""
+        if not 0 <= index < embedding.batch_size:
+            raise IndexError(f"image index {index} is outside a batch of {embedding.batch_size}")
+        pick = slice(index, index + 1)
+        return Sam2Embedding(
+            image_embed=embedding.image_embed[pick],
+            high_res=(embedding.high_res[0][pick], embedding.high_res[1][pick]),
+        )
+
+    @torch.inference_mode()
+    def decode_points(
+        self, embedding: Sam2Embedding, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes one positive point per prompt, multimask output (3 masks a prompt).
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            points: (N, 2) float XY, pixels in the 1024 x 1024 input frame, as SAM2's image
+                predictor takes them (the prompt encoder adds its own half-pixel shift).
+
+        Returns:
+            logits: (N, 3, 256, 256) float32 mask logits, the plain decoder output (no
+                object-score masking, no clamping).
+            iou: (N, 3) float32 predicted IoU in [0, 1].
+        """
+        _check_prompts(points, "points", 2)
+        coords = points.to(self.device, torch.float32)[:, None, :]
+        labels = torch.full((len(points), 1), _POSITIVE_POINT, dtype=torch.int, device=self.device)
+        return self._decode(embedding, coords, labels, multimask=True)
+
+    @torch.inference_mode()
+    def decode_boxes(
+        self, embedding: Sam2Embedding, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes one box per prompt, single-mask output as SAM2's image predictor gives it.
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            boxes: (N, 4) float XYXY, pixels in the 1024 x 1024 input frame.
+
+        Returns:
+            logits: (N, 256, 256) float32 mask logits; iou: (N,) float32 predicted IoU in [0, 1].
+        """
+        _check_prompts(boxes, "boxes", 4)
+        corners = boxes.to(self.device, torch.float32).reshape(-1, 2, 2)
+        labels = torch.tensor([_BOX_CORNER_LABELS], dtype=torch.int, device=self.device)
+        labels = labels.expand(len(boxes), -1)
+        logits, iou = self._decode(embedding, corners, labels, multimask=False)
+        return logits[:, 0], iou[:, 0]
+
+    def _decode(
+        self, embedding: Sam2Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder then mask decoder, the image's features shared by all N prompts."""
+        if embedding.batch_size != 1:
+            raise ValueError(
+                f"decoding needs one image's embedding, got a batch of {embedding.batch_size}; "
+                f"call select_image(embedding, index) first"
+            )
+        n = len(coords)
+        sparse, dense = self._model.sam_prompt_encoder(
+            points=(coords, labels), boxes=None, masks=None
+        )
+        logits, iou, _, _ = self._model.sam_mask_decoder(
+            image_embeddings=embedding.image_embed.expand(n, -1, -1, -1),
+            image_pe=self._model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=False,
+            high_res_features=[feat.expand(n, -1, -1, -1) for feat in embedding.high_res],
+        )
+        return logits.float(), iou.float()
+
+
+def _check_prompts(prompts: torch.Tensor, what: str, width: int) -> None:
+    if prompts.ndim != 2 or prompts.shape[1] != width or len(prompts) == 0:
+        raise ValueError(f"{what} must be (N, {width}) with N >= 1, got {tuple(prompts.shape)}")

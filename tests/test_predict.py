@@ -1,0 +1,124 @@
+"""predict() on FiftyOne: what it writes, what it refuses, and what each stage contributes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import fiftyone as fo
+import refseg
+from refseg.config import PredictConfig
+from refseg.synthetic import CLASSES, make_shapes_dataset
+from stand_ins import PaletteEncoder, ShapeProposer
+
+CONFIG = PredictConfig(points_per_side=12, points_batch_size=50)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    name = f"predict-tests-{tmp_path_factory.getbasetemp().name}"
+    dataset = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=10, num_negative=2, seed=3)
+    references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
+    bank = refseg.build_memory_bank(
+        references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
+        proposer=ShapeProposer(), progress=False,
+    )
+    targets = dataset.exclude(references.values("id"))
+    yield dataset, bank, targets
+    dataset.delete()
+
+
+def run(targets, bank, field, **kwargs):
+    options = dict(config=CONFIG, proposer=ShapeProposer(), encoder=PaletteEncoder(), num_workers=0, progress=False)
+    return refseg.predict(targets, bank, field, **{**options, **kwargs})
+
+
+def test_written_detections_are_consistent(setup):
+    _, bank, targets = setup
+    calls = []
+    run(targets, bank, "pred_consistent", batch_size=3, write_every=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (len(targets), len(targets)) and len(calls) == -(-len(targets) // 3)
+    for sample in targets.select_fields("pred_consistent"):
+        width, height = sample.metadata.width, sample.metadata.height
+        for detection in sample.pred_consistent.detections:
+            x, y, w, h = detection.bounding_box
+            assert detection.mask.shape == (round(h * height), round(w * width))
+            assert detection.mask[0].any() and detection.mask[-1].any()  # tight box
+            assert detection.mask[:, 0].any() and detection.mask[:, -1].any()
+            assert 0.0 < detection.confidence <= 1.0 and detection.label in bank.class_names
+        confidences = [d.confidence for d in sample.pred_consistent.detections]
+        assert confidences == sorted(confidences, reverse=True)
+
+
+def test_refuses_to_overwrite_unless_asked(setup):
+    dataset, bank, targets = setup
+    with pytest.raises(ValueError, match="'ground_truth' already exists"):
+        run(targets, bank, "ground_truth")
+    dataset.add_sample_field("a_string", fo.StringField)
+    with pytest.raises(ValueError, match="not Detections"):
+        run(targets, bank, "a_string", overwrite=True)
+    first = targets.first()
+    run(targets.limit(1), bank, "pred_twice")
+    run(targets.limit(1), bank, "pred_twice", overwrite=True)
+    assert dataset[first.id].pred_twice is not None
+
+
+def test_refuses_an_empty_view_and_another_encoder(setup):
+    _, bank, targets = setup
+    with pytest.raises(ValueError, match="no samples"):
+        run(targets.limit(0), bank, "pred_none")
+    other = PaletteEncoder(dim=8)
+    with pytest.raises(ValueError, match="built with encoder"):
+        run(targets, bank, "pred_other", encoder=other)
+
+
+def test_images_without_candidates_get_empty_detections(setup):
+    _, bank, targets = setup
+    config = dataclasses.replace(CONFIG, pred_iou_thresh=0.95)  # the stand-in never says > 0.9
+    assert run(targets.limit(2), bank, "pred_empty", config=config) == 0
+    assert [len(d.detections) for d in targets.limit(2).values("pred_empty")] == [0, 0]
+
+
+def test_soft_merge_removes_the_part_masks(setup):
+    _, bank, targets = setup
+    positives = targets.match_tags("negative", bool=False)
+    without_merge = dataclasses.replace(CONFIG, merge_exponent=0.0)
+    run(positives, bank, "pred_merge", config=CONFIG)
+    run(positives, bank, "pred_nomerge", config=without_merge)
+    objects = positives.count("ground_truth.detections")
+    merged = positives.filter_labels("pred_merge", fo.ViewField("confidence") > 0.7)
+    unmerged = positives.filter_labels("pred_nomerge", fo.ViewField("confidence") > 0.7)
+    # without the merge, the halves of the shapes stay as confident extra detections
+    assert merged.count("pred_merge.detections") == objects
+    assert unmerged.count("pred_nomerge.detections") >= objects + len(positives)
+    assert refseg.evaluate(positives, "pred_merge", "ground_truth").segm["AP"] > 0.9
+
+
+def test_max_detections_and_score_threshold(setup):
+    _, bank, targets = setup
+    run(targets, bank, "pred_top1", config=dataclasses.replace(CONFIG, max_detections=1))
+    assert max(len(d.detections) for d in targets.values("pred_top1")) == 1
+    run(targets, bank, "pred_thresh", config=dataclasses.replace(CONFIG, score_threshold=0.5))
+    assert min(targets.values("pred_thresh.detections.confidence", unwind=True)) > 0.0
+
+
+def test_batching_does_not_change_results(setup):
+    _, bank, targets = setup
+    run(targets, bank, "pred_b1", batch_size=1)
+    run(targets, bank, "pred_b4", batch_size=4)
+    for a, b in zip(targets.values("pred_b1"), targets.values("pred_b4")):
+        assert [(d.label, d.bounding_box, d.confidence) for d in a.detections] == [
+            (d.label, d.bounding_box, d.confidence) for d in b.detections
+        ]
+
+
+def test_segmenter_checks_its_inputs(setup):
+    _, bank, _ = setup
+    segmenter = refseg.Segmenter(ShapeProposer(), PaletteEncoder(), bank, CONFIG)
+    with pytest.raises(ValueError, match="2 images but 1 image sizes"):
+        segmenter.segment_batch(torch.zeros(2, 3, 128, 128), [(10, 10)])
+    background_only = segmenter.segment_batch(torch.full((1, 3, 128, 128), 0.5), [(50, 60)])[0]
+    assert len(background_only) == CONFIG.max_detections  # no threshold in paper mode ...
+    assert background_only.scores.max() < 0.1  # ... but background matches no class
