@@ -38,6 +38,7 @@ def predict(
     num_workers: int | None = None,
     write_every: int = 64,
     overwrite: bool = False,
+    resume: bool = False,
     proposer: MaskProposer | None = None,
     encoder: FeatureEncoder | None = None,
     cache: ModelCache | None = None,
@@ -64,6 +65,9 @@ def predict(
         write_every: samples per batched database write.
         overwrite: allow writing into an existing Detections field (its values on the
             predicted samples are replaced; other samples keep theirs).
+        resume: continue an interrupted run: samples of the view that already have a value
+            in ``label_field`` are kept and skipped. Results are deterministic, so a resumed
+            run gives the labels an uninterrupted one would.
         proposer, encoder: ready components instead of building them. The encoder must be the
             one that built the bank.
         cache: a ModelCache to reuse loaded models.
@@ -78,7 +82,11 @@ def predict(
     """
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
-    check_label_field(target_view, label_field, overwrite)
+    check_label_field(target_view, label_field, overwrite or resume)
+    if resume and label_field in target_view._dataset.get_field_schema():
+        target_view = target_view.exists(label_field, False)
+        if len(target_view) == 0:
+            return 0
     if points_per_side is not None:
         config = dataclasses.replace(config, points_per_side=points_per_side)
     cache = cache or ModelCache()

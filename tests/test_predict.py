@@ -122,3 +122,26 @@ def test_segmenter_checks_its_inputs(setup):
     background_only = segmenter.segment_batch(torch.full((1, 3, 128, 128), 0.5), [(50, 60)])[0]
     assert len(background_only) == CONFIG.max_detections  # no threshold in paper mode ...
     assert background_only.scores.max() < 0.1  # ... but background matches no class
+
+
+def test_an_interrupted_run_resumes_with_the_same_labels(setup):
+    _, bank, targets = setup
+    run(targets, bank, "pred_full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_four(done, total):
+        if done >= 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(targets, bank, "pred_resumed", write_every=2, progress=stop_after_four)
+    assert 0 < targets.exists("pred_resumed").count() < len(targets)
+    with pytest.raises(ValueError, match="already exists"):
+        run(targets, bank, "pred_resumed")
+    run(targets, bank, "pred_resumed", resume=True)
+    for full, resumed in zip(targets.values("pred_full"), targets.values("pred_resumed")):
+        assert [(d.label, d.bounding_box, d.confidence) for d in full.detections] == [
+            (d.label, d.bounding_box, d.confidence) for d in resumed.detections
+        ]
