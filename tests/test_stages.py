@@ -243,3 +243,24 @@ def _bank(prototypes: np.ndarray, labels: list[int]) -> MemoryBank:
         labels=np.array(labels), references=references,
         encoder={"name": "enc"}, proposer={"name": "prop"},
     )
+
+
+def test_semantic_decay_equals_the_dense_full_resolution_formula():
+    """The crop-based computation gives the paper's dense (N x HW) @ (HW x N) result exactly."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 16, 16, generator=generator) + torch.linspace(-2, 2, 16)
+    crops, boxes = full_resolution_masks(logits, (53, 71))
+    keep = [i for i, c in enumerate(crops) if c.any()]
+    crops, boxes = [crops[i] for i in keep], boxes[keep]
+    full = np.zeros((len(crops), 53, 71), bool)
+    for k, (crop, (x1, y1, x2, y2)) in enumerate(zip(crops, boxes)):
+        full[k, y1:y2, x1:x2] = crop
+    labels = torch.randint(0, 3, (len(crops),), generator=generator).numpy()
+    features = torch.nn.functional.normalize(torch.randn(len(crops), 8, generator=generator), dim=1).numpy()
+
+    flat = full.reshape(len(crops), -1).astype(np.float64)
+    inter = flat @ flat.T
+    np.fill_diagonal(inter, 0.0)
+    ios = np.tril(inter) / flat.sum(axis=1, keepdims=True)  # rows: later mask i, cols: earlier j
+    weighted = ios * np.clip(features @ features.T, 0, None) * (labels[:, None] == labels[None])
+    np.testing.assert_allclose(semantic_decay(crops, boxes, labels, features), weighted.max(axis=1), rtol=1e-5, atol=1e-7)
