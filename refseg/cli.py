@@ -15,7 +15,9 @@ import os
 import sys
 from typing import Sequence
 
-SMOKE_MODELS = {"sam2": "sam2.1_hiera_tiny", "dinov2": "dinov2_vits14", "points_per_side": 8}
+DEMO_DATASET = "refseg-demo"
+SMOKE_MODELS = {"sam2": "sam2.1_hiera_tiny", "dinov2": "dinov2_vits14", "points_per_side": 4}
+SMOKE_DATASET = {"name": "refseg-demo-smoke", "num_positive": 5, "num_negative": 1}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.random_weights = True
         args.sam2, args.dinov2 = SMOKE_MODELS["sam2"], SMOKE_MODELS["dinov2"]
         args.points_per_side = args.points_per_side or SMOKE_MODELS["points_per_side"]
+        if args.command == "demo" and args.dataset == DEMO_DATASET:
+            args.dataset = SMOKE_DATASET["name"]
     from refseg.models import WeightsNotFoundError
 
     try:
@@ -43,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="references -> memory bank -> predictions -> COCO AP")
     run.add_argument("--dataset", required=True, help="name of an existing FiftyOne dataset")
     demo = commands.add_parser("demo", help="the main job on a synthetic shapes dataset")
-    demo.add_argument("--dataset", default="refseg-demo", help="name of the demo dataset")
+    demo.add_argument("--dataset", default=DEMO_DATASET, help="name of the demo dataset")
     for command in (run, demo):
         _add_job_options(command)
     return parser
@@ -69,8 +73,8 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     add("--overwrite", action="store_true", help="replace an existing prediction field and bank")
     add("--random-weights", action="store_true", help="random weights (testing only; meaningless results)")
     add("--smoke", action="store_true", help=(
-        "offline installation check: random weights, SAM2.1 Hiera-T, DINOv2 ViT-S/14, an 8x8 "
-        "prompt grid; the numbers it prints mean nothing"))
+        "offline installation check: random weights, SAM2.1 Hiera-T, DINOv2 ViT-S/14, a 4x4 "
+        "prompt grid, a 6-image demo dataset; the numbers it prints mean nothing"))
 
 
 def _check_weights(args: argparse.Namespace) -> None:
@@ -112,20 +116,29 @@ def _demo_dataset(args: argparse.Namespace):
     image_dir = os.path.join(fo.config.default_dataset_dir, args.dataset)
     print(f"Creating the demo dataset {args.dataset!r} in {image_dir}")
     args.classes = args.classes or ",".join(CLASSES)
-    return make_shapes_dataset(args.dataset, image_dir, persistent=True, gt_field=args.gt_field)
+    sizes = (
+        {"num_positive": SMOKE_DATASET["num_positive"], "num_negative": SMOKE_DATASET["num_negative"]}
+        if args.smoke
+        else {}
+    )
+    return make_shapes_dataset(
+        args.dataset, image_dir, persistent=True, gt_field=args.gt_field, **sizes
+    )
 
 
 def _run(dataset, args: argparse.Namespace) -> None:
     import refseg
+    from refseg.models import ModelCache
 
     classes = args.classes.split(",") if args.classes else None
     references = _references(dataset, args, classes)
+    cache = ModelCache()
     bank = refseg.build_memory_bank(
         references, args.gt_field, tag=args.tag, sam2=args.sam2, dinov2=args.dinov2,
         sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
         pretrained=not args.random_weights, device=args.device,
         config=refseg.PAPER_REFERENCE if args.paper else refseg.ReferenceConfig(),
-        name=args.bank_name, overwrite=args.overwrite,
+        name=args.bank_name, overwrite=args.overwrite, cache=cache,
     )
     print(f"Memory bank {args.bank_name!r}: {bank.shots()}")
     targets = dataset.exclude(references.values("id"))
@@ -133,7 +146,7 @@ def _run(dataset, args: argparse.Namespace) -> None:
         targets, bank, args.pred_field, points_per_side=args.points_per_side,
         batch_size=args.batch_size, device=args.device, sam2=args.sam2,
         sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
-        pretrained=not args.random_weights, overwrite=args.overwrite,
+        pretrained=not args.random_weights, overwrite=args.overwrite, cache=cache,
         config=refseg.PAPER_PREDICT if args.paper else refseg.PredictConfig(),
     )
     eval_key = f"{args.pred_field}_eval"
