@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 MaskDownsample = Literal["area", "nearest"]
+MergeResolution = Literal["full", "low"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ class PredictConfig:
             paper's 0.0 drops only candidates with no positive similarity to any class).
         legacy_coco_box: True outputs the research code's box, one pixel short in width and
             height (x2 = last mask column); False outputs the tight box (x2 = last column + 1).
+        merge_resolution: "full" (the paper) measures the soft merge's overlaps on the
+            full-resolution masks of every candidate; "low" measures them on the proposer's
+            low-resolution grid and upsamples only the final detections (much faster and
+            lighter on large images; results within the tolerance stated in the README).
+        precision: "fp32" (the paper), or "bf16" / "fp16" autocast for the two image encoders
+            and the prompt decoder on CUDA devices (CPU runs stay fp32).
     """
 
     points_per_side: int = 32
@@ -76,6 +84,8 @@ class PredictConfig:
     max_detections: int = 100
     score_threshold: float = 0.0
     legacy_coco_box: bool = False
+    merge_resolution: MergeResolution = "full"
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         _require(self.points_per_side >= 1, "points_per_side must be >= 1", self.points_per_side)
@@ -95,6 +105,16 @@ class PredictConfig:
         _require(self.nms_keep_factor >= 1, "nms_keep_factor must be >= 1", self.nms_keep_factor)
         _require(self.merge_exponent >= 0, "merge_exponent must be >= 0", self.merge_exponent)
         _require(self.max_detections >= 1, "max_detections must be >= 1", self.max_detections)
+        _require(
+            self.merge_resolution in ("full", "low"),
+            "merge_resolution must be 'full' or 'low'",
+            self.merge_resolution,
+        )
+        _require(
+            self.precision in ("fp32", "bf16", "fp16"),
+            "precision must be 'fp32', 'bf16' or 'fp16'",
+            self.precision,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +143,9 @@ PAPER_REFERENCE = ReferenceConfig(context_ratio=0.2, mask_downsample="nearest")
 
 PAPER_PREDICT = PredictConfig(drop_incomplete_point_batch=True, legacy_coco_box=True)
 """Stage 3 settings of the published numbers (all other fields are already the paper's)."""
+
+FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="bf16")
+"""The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 on GPUs."""
 
 PAPER_MODELS = {"sam2": "sam2_hiera_large", "dinov2": "dinov2_vitl14"}
 """The models of the published numbers."""

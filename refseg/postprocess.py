@@ -107,6 +107,33 @@ def semantic_decay(
     return decay
 
 
+def semantic_decay_dense(
+    masks: torch.Tensor, labels: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
+    """The soft merge's d_i (see :func:`semantic_decay`) from dense masks, all pairs at once.
+
+    Used on the proposer's low-resolution grid by the fast path, where a matrix product over
+    m * m pixels is cheap.
+
+    Args:
+        masks: (N, m, m) bool, non-empty, in suppression order.
+        labels: (N,) int64 class indices.
+        features: (N, D) float unit-length mask features.
+
+    Returns:
+        (N,) float32 in [0, 1], on the masks' device.
+    """
+    flat = masks.flatten(1).float()
+    intersection = flat @ flat.t()
+    ios = intersection / flat.sum(dim=1, keepdim=True)
+    similarity = (features.float() @ features.float().t()).clamp(min=0.0)
+    earlier_same_class = (labels[:, None] == labels[None]) & torch.ones_like(
+        intersection, dtype=torch.bool
+    ).tril(diagonal=-1)
+    weighted = torch.where(earlier_same_class, ios * similarity, torch.zeros_like(ios))
+    return weighted.max(dim=1).values if len(flat) else weighted.new_zeros(0)
+
+
 def _overlapping_earlier_pairs(boxes: np.ndarray, labels: np.ndarray) -> list[tuple[int, int]]:
     """Pairs (i, j), j < i, of the same class whose boxes overlap."""
     x1, y1, x2, y2 = (boxes[:, k] for k in range(4))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
 
 import fiftyone as fo
 import torch
@@ -16,7 +17,9 @@ from refseg.fiftyone_io import check_label_field, samples_of, to_detections, wri
 from refseg.images import target_loader
 from refseg.memory import MemoryBank
 from refseg.models import ModelCache, build_encoder, build_proposer
+from refseg.predictions import Predictions
 from refseg.segmenter import Segmenter
+from refseg.timing import NoTimer, StageTimer
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of images."""
@@ -43,6 +46,7 @@ def predict(
     encoder: FeatureEncoder | None = None,
     cache: ModelCache | None = None,
     progress: bool | ProgressCallback = True,
+    timer: StageTimer | NoTimer = NoTimer(),
 ) -> int:
     """Segments every image of a view with a memory bank and stores the detections.
 
@@ -72,6 +76,7 @@ def predict(
             one that built the bank.
         cache: a ModelCache to reuse loaded models.
         progress: True shows a progress bar; a callable receives ``(done, total)``.
+        timer: receives per-stage times (benchmarks); default measures nothing.
 
     Returns:
         The number of detections written.
@@ -98,34 +103,67 @@ def predict(
         sam2 or bank.proposer["name"], checkpoint=sam2_checkpoint, pretrained=pretrained,
         device=device, cache=cache,
     )
-    segmenter = Segmenter(proposer, encoder, bank, config)
+    segmenter = Segmenter(proposer, encoder, bank, config, timer)
     return _run(segmenter, target_view, label_field, batch_size, num_workers, write_every, progress)
 
 
 def _run(segmenter, view, label_field, batch_size, num_workers, write_every, progress) -> int:
-    """Loads, segments and writes in order, one batched write per ``write_every`` samples."""
+    """Loads, segments and writes in order.
+
+    Images are decoded in DataLoader workers; labels are built and written (one batched write
+    per ``write_every`` samples) in a writer thread, so host work overlaps the next batch's
+    device work. At most one write is in flight, and its errors surface here.
+    """
     ids, paths = samples_of(view)
     workers = _default_workers() if num_workers is None else num_workers
     loader = target_loader(
         paths, segmenter.proposer.image_size, batch_size=batch_size, num_workers=workers
     )
+    timer = segmenter.timer
     bar = tqdm(total=len(ids), desc="Predicting", disable=progress is not True)
-    pending: dict[str, fo.Detections] = {}
+    pending: dict[str, Predictions] = {}
     written = done = 0
-    for indices, images, sizes in loader:
-        for index, predictions in zip(indices, segmenter.segment_batch(images, sizes)):
-            pending[ids[index]] = to_detections(predictions)
-            written += len(predictions)
-        done += len(indices)
-        bar.update(len(indices))
-        if callable(progress):
-            progress(done, len(ids))
-        if len(pending) >= write_every:
-            write_detections(view, label_field, pending)
-            pending = {}
-    write_detections(view, label_field, pending)
+    in_flight: Future | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refseg-writer") as writer:
+        for indices, images, sizes in _timed(loader, timer, "decode_resize"):
+            for index, predictions in zip(indices, segmenter.segment_batch(images, sizes)):
+                pending[ids[index]] = predictions
+                written += len(predictions)
+            done += len(indices)
+            bar.update(len(indices))
+            if callable(progress):
+                progress(done, len(ids))
+            if len(pending) >= write_every:
+                in_flight = _submit(writer, in_flight, view, label_field, pending, timer)
+                pending = {}
+        _submit(writer, in_flight, view, label_field, pending, timer).result()
     bar.close()
     return written
+
+
+def _submit(writer, in_flight, view, label_field, pending, timer) -> Future:
+    """Waits for the previous write, then starts writing ``pending`` in the writer thread."""
+    if in_flight is not None:
+        in_flight.result()
+    return writer.submit(_write, view, label_field, pending, timer)
+
+
+def _write(view, label_field, pending: dict[str, Predictions], timer) -> None:
+    with timer("label_building"):
+        values = {sample_id: to_detections(p) for sample_id, p in pending.items()}
+    with timer("db_writes"):
+        write_detections(view, label_field, values)
+
+
+def _timed(items: Iterable, timer, stage: str) -> Iterator:
+    """Yields from ``items``, charging the wait for each item to ``stage``."""
+    iterator = iter(items)
+    while True:
+        with timer(stage):
+            item = next(iterator, None)
+        if item is None:
+            return
+        yield item
 
 
 def _default_workers() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +17,15 @@ from refseg.postprocess import (
     apply_decay,
     full_resolution_masks,
     semantic_decay,
+    semantic_decay_dense,
     suppress,
     top_k,
 )
 from refseg.predictions import Predictions
 from refseg.proposals import Proposals, propose
+from refseg.timing import NoTimer, StageTimer
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Segmenter:
         encoder: the feature encoder; must be the one that built ``bank``.
         bank: the memory bank of reference prototypes.
         config: prediction settings.
+        timer: receives the time of each stage (benchmarks); default measures nothing.
 
     Raises:
         ValueError: if the bank was built with another encoder, or its dimension differs.
@@ -69,11 +75,13 @@ class Segmenter:
         encoder: FeatureEncoder,
         bank: MemoryBank,
         config: PredictConfig = PredictConfig(),
+        timer: StageTimer | NoTimer = NoTimer(),
     ) -> None:
         bank.check_encoder(encoder.identity, encoder.dim)
         self.proposer = proposer
         self.encoder = encoder
         self.config = config
+        self.timer = timer
         self.class_names = bank.class_names
         self.class_prototypes = torch.from_numpy(bank.class_prototypes()).to(encoder.device)
 
@@ -95,12 +103,21 @@ class Segmenter:
             raise ValueError(
                 f"Got {images.shape[0]} images but {len(image_sizes)} image sizes"
             )
-        embeddings = self.proposer.encode_images(images.to(self.proposer.device))
-        grids = self.encoder.encode(self._encoder_input(images))
+        with self.timer("sam2_encoder"), self._autocast(self.proposer.device):
+            embeddings = self.proposer.encode_images(images.to(self.proposer.device))
+        with self.timer("dinov2_encoder"), self._autocast(self.encoder.device):
+            grids = self.encoder.encode(self._encoder_input(images)).float()
         return [
             self._segment_image(self.proposer.select_image(embeddings, b), grids[b], size)
             for b, size in enumerate(image_sizes)
         ]
+
+    def _autocast(self, device: torch.device):
+        """Autocast for the configured precision on CUDA; nothing elsewhere or in fp32."""
+        dtype = AUTOCAST_DTYPES.get(self.config.precision)
+        if dtype is None or torch.device(device).type != "cuda":
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=dtype)
 
     def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, I, I): the S x S images bicubic-resized to the encoder's input (no antialias)."""
@@ -111,25 +128,28 @@ class Segmenter:
     def _segment_image(
         self, embedding, grid: torch.Tensor, image_size: tuple[int, int]
     ) -> Predictions:
-        proposals = propose(self.proposer, embedding, self.config)
-        proposals = proposals.select(proposals.logits.flatten(1).gt(0).any(dim=1))
+        with self.timer("prompt_decoding"), self._autocast(self.proposer.device):
+            proposals = propose(self.proposer, embedding, self.config)
+            proposals = proposals.select(proposals.logits.flatten(1).gt(0).any(dim=1))
         if len(proposals) == 0:
             return Predictions.empty(self.class_names, image_size)
-        candidates = self._suppress(self._match(proposals, grid))
+        with self.timer("matching"):
+            candidates = self._match(proposals, grid)
+        with self.timer("nms"):
+            candidates = self._suppress(candidates)
         if len(candidates.scores) == 0:
             return Predictions.empty(self.class_names, image_size)
-        return self._merge(candidates, image_size)
+        if self.config.merge_resolution == "low":
+            return self._merge_low_resolution(candidates, image_size)
+        return self._merge_full_resolution(candidates, image_size)
 
     def _match(self, proposals: Proposals, grid: torch.Tensor) -> Candidates:
         """Features, class and score of every proposal (all non-empty)."""
         features = features_on_mask_grid(grid, self.proposer.mask_size)
-        binary = (proposals.logits > 0).to(features.device)
-        object_features = mask_features(binary, features)
+        logits = proposals.logits.to(features.device)
+        object_features = mask_features(logits > 0, features)
         scores, labels = class_scores(object_features, self.class_prototypes)
-        return Candidates(
-            proposals.logits.to(features.device), proposals.iou.to(features.device),
-            object_features, scores, labels,
-        )
+        return Candidates(logits, proposals.iou.to(features.device), object_features, scores, labels)
 
     def _suppress(self, candidates: Candidates) -> Candidates:
         """Class-aware NMS ranked by predicted IoU, the cap, then the score threshold."""
@@ -143,26 +163,63 @@ class Segmenter:
         candidates = candidates.select(keep)
         return candidates.select(candidates.scores > self.config.score_threshold)
 
-    def _merge(self, candidates: Candidates, image_size: tuple[int, int]) -> Predictions:
-        """Full-resolution masks, the semantic soft merge, then the top detections."""
-        crops, boxes = full_resolution_masks(candidates.logits, image_size)
-        non_empty = np.array([crop.size > 0 and crop.any() for crop in crops], dtype=bool)
-        crops = [crop for crop, keep in zip(crops, non_empty) if keep]
-        boxes = boxes[non_empty]
-        labels = candidates.labels.cpu().numpy()[non_empty]
-        features = candidates.features.float().cpu().numpy()[non_empty]
-        scores = candidates.scores.float().cpu().numpy()[non_empty]
-        decay = semantic_decay(crops, boxes, labels, features)
-        scores = apply_decay(scores, decay, self.config.merge_exponent)
-        best = top_k(scores, self.config.max_detections)
-        out_boxes = boxes[best].astype(np.float32)
+    def _merge_full_resolution(
+        self, candidates: Candidates, image_size: tuple[int, int]
+    ) -> Predictions:
+        """The paper: every candidate at full resolution, the soft merge there, then top-k."""
+        with self.timer("mask_upsampling"):
+            crops, boxes = full_resolution_masks(candidates.logits, image_size)
+        with self.timer("merge"):
+            non_empty = np.array([crop.any() for crop in crops], dtype=bool)
+            crops = [crop for crop, keep in zip(crops, non_empty) if keep]
+            labels = candidates.labels.cpu().numpy()[non_empty]
+            features = candidates.features.float().cpu().numpy()[non_empty]
+            decay = semantic_decay(crops, boxes[non_empty], labels, features)
+            scores = apply_decay(
+                candidates.scores.float().cpu().numpy()[non_empty], decay, self.config.merge_exponent
+            )
+            best = top_k(scores, self.config.max_detections)
+        return self._predictions(
+            [crops[i] for i in best], boxes[non_empty][best], scores[best], labels[best], image_size
+        )
+
+    def _merge_low_resolution(
+        self, candidates: Candidates, image_size: tuple[int, int]
+    ) -> Predictions:
+        """The fast path: the soft merge on the low-resolution masks, then only the top-k
+        detections are upsampled (a final mask empty at full resolution is dropped)."""
+        with self.timer("merge"):
+            decay = semantic_decay_dense(candidates.logits > 0, candidates.labels, candidates.features)
+            scores = candidates.scores * (1.0 - decay).pow(self.config.merge_exponent)
+            best = torch.argsort(scores, descending=True, stable=True)[: self.config.max_detections]
+        with self.timer("mask_upsampling"):
+            crops, boxes = full_resolution_masks(candidates.logits[best], image_size)
+        non_empty = np.array([crop.any() for crop in crops], dtype=bool)
+        return self._predictions(
+            [crop for crop, keep in zip(crops, non_empty) if keep],
+            boxes[non_empty],
+            scores[best].float().cpu().numpy()[non_empty],
+            candidates.labels[best].cpu().numpy()[non_empty],
+            image_size,
+        )
+
+    def _predictions(
+        self,
+        crops: list[np.ndarray],
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        image_size: tuple[int, int],
+    ) -> Predictions:
+        """Final detections in output form (legacy boxes one pixel short when asked)."""
+        out_boxes = boxes.astype(np.float32)
         if self.config.legacy_coco_box:
             out_boxes[:, 2:] -= 1
         return Predictions(
             boxes=out_boxes,
-            masks=tuple(crops[i] for i in best),
-            scores=scores[best],
-            labels=labels[best].astype(np.int64),
+            masks=tuple(crops),
+            scores=scores.astype(np.float32),
+            labels=labels.astype(np.int64),
             class_names=self.class_names,
             image_size=image_size,
         )
