@@ -3,6 +3,7 @@
     python -m refseg run --dataset my-dataset --gt-field ground_truth --shots 5
     python -m refseg demo            # synthetic shapes, real weights (says which files to place)
     python -m refseg demo --smoke    # random weights: checks an installation offline
+    python -m refseg reproduce coco|voc|custom ...   # the paper's benchmarks (see --help)
 
 ``run`` samples K references per class (or reuses the ones already tagged), builds and stores a
 memory bank, predicts on every other sample, and prints the COCO tables.
@@ -21,6 +22,11 @@ SMOKE_DATASET = {"name": "refseg-demo-smoke", "num_positive": 5, "num_negative":
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reproduce"]:
+        from refseg.reproduce.cli import main as reproduce
+
+        return reproduce(argv[1:])
     args = _parser().parse_args(argv)
     if args.smoke:
         args.random_weights = True

@@ -1,0 +1,7 @@
+"""Entry point of ``python -m refseg.reproduce``."""
+
+import sys
+
+from refseg.reproduce.cli import main
+
+sys.exit(main())

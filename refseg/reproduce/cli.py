@@ -1,0 +1,223 @@
+"""``python -m refseg.reproduce``: the paper's protocols end to end on local data, resumable.
+
+    python -m refseg.reproduce coco --coco-root data/coco --shots 30 --seeds 33 \\
+        --sam2-checkpoint checkpoints/sam2_hiera_large.pt \\
+        --dinov2-checkpoint checkpoints/dinov2/dinov2_vitl14_pretrain.pth
+    python -m refseg.reproduce voc --voc-root data/pascal_voc --split 1 --shots 1,5,10
+    python -m refseg.reproduce custom --references refs.json --targets targets.json --images dir/
+
+Each command loads the COCO-format files into a persistent FiftyOne dataset (once), then runs
+one job per (shots, seed): sample references, build the memory bank, predict, evaluate. It
+prints the paper's numbers next to the obtained ones and writes a summary JSON next to the
+data. Run the same command again after an interruption: finished steps are skipped.
+
+Expected files:
+  coco:   <coco-root>/annotations/instances_train2017.json   references (sampled, 20 novel classes)
+          <coco-root>/annotations/instances_val2017.json     targets (all images)
+          <coco-root>/train2017/  <coco-root>/val2017/       the images
+  voc:    <voc-root>/annotations/voc0712_trainval.json       references (boxes; SAM2 makes masks)
+          <voc-root>/annotations/voc07_test.json             targets (boxes)
+          <voc-root>/VOCdevkit/allimages/                    the images (or --images DIR)
+  custom: --references JSON (masks, or boxes only: SAM2 makes masks), --targets JSON,
+          --images DIR (and --reference-images DIR when the references live elsewhere)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import sys
+from typing import Sequence
+
+from refseg.config import (
+    PAPER_MODELS,
+    PAPER_PREDICT,
+    PAPER_REFERENCE,
+    PredictConfig,
+    ReferenceConfig,
+)
+
+PRODUCT_MODELS = {"sam2": "sam2.1_hiera_large", "dinov2": "dinov2_vitl14"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from refseg.models import WeightsNotFoundError
+
+    try:
+        models = models_from_args(args)
+        if models.pretrained:
+            _check_weights(models)
+        print(run(args, models))
+    except (WeightsNotFoundError, ValueError) as error:
+        print(f"refseg.reproduce: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace, models, components=None) -> str:
+    """Loads the data, runs every job and returns the table (``components``: see runner)."""
+    from refseg.reproduce import data as data_module
+    from refseg.reproduce.protocols import custom_protocol
+    from refseg.models import ModelCache
+    from refseg.reproduce.runner import Job, all_have_masks, run_job
+    from refseg.reproduce.table import format_table
+
+    protocol, sources, dataset_name, out_dir = _setup(args)
+    dataset = data_module.load_coco_dataset(dataset_name, sources, progress=not args.quiet)
+    if args.command == "custom":
+        targets = dataset.match_tags(data_module.TARGETS)
+        protocol = custom_protocol(protocol.name, masks=all_have_masks(targets))
+    summary_path = os.path.join(out_dir, f"{dataset_name}.summary.json")
+    shots = _ints(args.shots) if args.shots else list(protocol.shots)
+    seeds = _ints(args.seeds) if args.seeds else list(protocol.seeds) or [33]
+    jobs = [Job(protocol, k, s) for k in shots for s in seeds] or [Job(protocol)]
+    cache = ModelCache()
+    results = [
+        run_job(dataset, job, models, summary_path=summary_path, limit=args.limit,
+                components=components, cache=cache, progress=not args.quiet)
+        for job in jobs
+    ]  # fmt: skip
+    table = format_table(protocol, results, dataset_name=dataset_name)
+    return (f"{table}\nSummary: {summary_path}\n"
+            f"Inspect in the App: fiftyone app launch {dataset_name}")
+
+
+def _setup(args: argparse.Namespace):
+    """(protocol, sources, dataset name, summary directory) of the subcommand."""
+    from refseg.reproduce import protocols
+    from refseg.reproduce.data import REFERENCES, TARGETS, CocoSource
+
+    if args.command == "coco":
+        root = args.coco_root
+        ann = os.path.join(root, "annotations")
+        train, val = (os.path.join(root, "annotations", f"instances_{s}.json")
+                      for s in ("train2017", "val2017"))  # fmt: skip
+        sources = [
+            CocoSource(train, os.path.join(root, "train2017"), REFERENCES,
+                       classes=protocols.COCO_NOVEL_CLASSES),
+            CocoSource(val, os.path.join(root, "val2017"), TARGETS),
+        ]  # fmt: skip
+        name = args.dataset_name or "refseg-coco-fsod"
+        return protocols.COCO_FSOD, sources, name, args.out_dir or root
+    if args.command == "voc":
+        root = args.voc_root
+        images = args.images or os.path.join(root, "VOCdevkit", "allimages")
+        ann = os.path.join(root, "annotations")
+        sources = [
+            CocoSource(os.path.join(ann, "voc0712_trainval.json"), images, REFERENCES, masks=False),
+            CocoSource(os.path.join(ann, "voc07_test.json"), images, TARGETS, masks=False),
+        ]
+        protocol = protocols.voc_protocol(args.split)
+        return protocol, sources, args.dataset_name or "refseg-voc", args.out_dir or root
+    sources = [
+        CocoSource(args.references, args.reference_images or args.images, REFERENCES),
+        CocoSource(args.targets, args.images, TARGETS),
+    ]
+    digest = hashlib.sha1(repr([s.to_dict() for s in sources]).encode()).hexdigest()[:8]
+    name = re.sub(r"\W", "_", args.name)
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.targets))
+    dataset_name = args.dataset_name or f"refseg-{name}-{digest}"
+    return protocols.custom_protocol(name), sources, dataset_name, out_dir
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (``sys.argv[1:]`` when None)."""
+    return _parser().parse_args(argv)
+
+
+def models_from_args(args: argparse.Namespace):
+    """The :class:`~refseg.reproduce.runner.Models` the options ask for."""
+    from refseg.reproduce.runner import Models
+
+    paper = args.settings == "paper"
+    names = PAPER_MODELS if paper else PRODUCT_MODELS
+    predict = PAPER_PREDICT if paper else PredictConfig()
+    if args.points_per_side is not None:
+        predict = dataclasses.replace(predict, points_per_side=args.points_per_side)
+    return Models(
+        sam2=args.sam2 or names["sam2"], dinov2=args.dinov2 or names["dinov2"],
+        sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
+        pretrained=not args.random_weights,
+        reference=PAPER_REFERENCE if paper else ReferenceConfig(), predict=predict,
+        device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+    )  # fmt: skip
+
+
+def _check_weights(models) -> None:
+    """Resolves both checkpoints up front and reports every missing file at once."""
+    from refseg.models import WeightsNotFoundError, dinov2_spec, resolve_checkpoint, sam2_spec
+
+    problems = []
+    for spec, checkpoint in ((sam2_spec(models.sam2), models.sam2_checkpoint),
+                             (dinov2_spec(models.dinov2), models.dinov2_checkpoint)):
+        try:
+            resolve_checkpoint(spec.filename, spec.url, checkpoint)
+        except WeightsNotFoundError as error:
+            problems.append(str(error))
+    if problems:
+        raise WeightsNotFoundError(
+            "model weights are missing:\n- " + "\n- ".join(problems)
+            + "\nFor a smoke run without weights add --random-weights (meaningless numbers)."
+        )
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m refseg.reproduce", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    coco = commands.add_parser("coco", help="COCO-FSOD: 20 novel classes, val2017, nAP")
+    coco.add_argument("--coco-root", default="data/coco", help="COCO 2017 root (layout above)")
+    voc = commands.add_parser("voc", help="PASCAL VOC few-shot: one novel split, nAP50")
+    voc.add_argument("--voc-root", default="data/pascal_voc", help="VOC root (layout above)")
+    voc.add_argument("--split", type=int, choices=(1, 2, 3), required=True, help="novel split")
+    voc.add_argument("--images", default=None,
+                     help="image directory (default <voc-root>/VOCdevkit/allimages)")
+    custom = commands.add_parser("custom", help="your references json + targets json + images")
+    add = custom.add_argument
+    add("--references", required=True, help="COCO json of the references; its classes are the set")
+    add("--targets", required=True, help="COCO json of the targets (ground truth)")
+    add("--images", required=True, help="directory the targets' file_names are relative to")
+    add("--reference-images", default=None, help="the references' image directory (default --images)")
+    add("--name", default="custom", help="names the runs and fields (default 'custom')")
+    for command, settings in ((coco, "paper"), (voc, "paper"), (custom, "product")):
+        _add_job_options(command, settings)
+    return parser
+
+
+def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
+    add = parser.add_argument
+    add("--shots", default=None, help=(
+        "comma-separated K values (default: the protocol's; custom: every reference of the file)"))
+    add("--seeds", default=None, help="comma-separated sampling seeds (default 33)")
+    add("--settings", choices=("paper", "product"), default=settings, help=(
+        "paper = PAPER_REFERENCE/PAPER_PREDICT with SAM 2.0 Hiera-L + DINOv2 ViT-L/14; product = "
+        f"the fixed defaults with SAM 2.1 Hiera-L (default {settings})"))
+    add("--sam2", default=None, help="SAM2 model name (default from --settings)")
+    add("--dinov2", default=None, help="DINOv2 model name (default from --settings)")
+    add("--sam2-checkpoint", default=None, help="SAM2 weights, e.g. checkpoints/sam2_hiera_large.pt")
+    add("--dinov2-checkpoint", default=None,
+        help="DINOv2 weights, e.g. checkpoints/dinov2/dinov2_vitl14_pretrain.pth")
+    add("--random-weights", action="store_true", help="random weights: smoke run, meaningless numbers")
+    add("--points-per-side", type=int, default=None, help="prompt grid density (paper 32)")
+    add("--limit", type=int, default=None, help="predict and evaluate only the first N targets")
+    add("--device", default=None, help="torch device (default cuda if available)")
+    add("--batch-size", type=int, default=1, help="target images per batch")
+    add("--num-workers", type=int, default=None, help="image-decoding processes")
+    add("--dataset-name", default=None, help="FiftyOne dataset to load into / resume from")
+    add("--out-dir", default=None, help="where the summary JSON goes (default next to the data)")
+    add("--quiet", action="store_true", help="no progress bars")
