@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import fiftyone as fo
 import numpy as np
 import torch
@@ -16,25 +14,35 @@ from refseg.images import load_image
 def absolute_box(detection: fo.Detection, width: int, height: int) -> tuple[float, ...]:
     """The detection's box as (x, y, w, h) in pixels of a width x height image.
 
-    Values within 1e-6 of an integer are snapped to it, so COCO boxes imported by FiftyOne
-    (stored relative, as x / W) come back exactly as written in the annotation file.
+    Values are rounded to 6 decimals, so COCO boxes imported by FiftyOne (stored relative, as
+    x / W) come back exactly as written in the annotation file (57.5 / 180 * 180 gives
+    57.49999999999999 otherwise, which truncates and rounds differently).
     """
     x, y, w, h = detection.bounding_box
-    return tuple(_snap(v) for v in (x * width, y * height, w * width, h * height))
-
-
-def _snap(value: float) -> float:
-    nearest = round(value)
-    return float(nearest) if math.isclose(value, nearest, abs_tol=1e-6) else value
+    return tuple(round(v, 6) for v in (x * width, y * height, w * width, h * height))
 
 
 def label_mask(detection: fo.Detection, width: int, height: int) -> np.ndarray:
-    """The detection's instance mask pasted into the full image, as FiftyOne renders it.
+    """The detection's instance mask pasted into the full image.
+
+    A mask whose shape equals its box rounded to whole pixels (as FiftyOne's importers and
+    refseg store them) is pasted pixel for pixel at the rounded box corner, so a COCO mask
+    comes back exactly as the importer cropped it; any other mask is resized into its box
+    as FiftyOne renders it.
 
     Returns:
         (H, W) bool.
     """
-    return detection.to_segmentation(frame_size=(width, height), target=1).mask > 0
+    x, y, w, h = absolute_box(detection, width, height)
+    x1, y1, x2, y2 = (int(round(v)) for v in (x, y, x + w, y + h))
+    mask = np.asarray(detection.mask).astype(bool)
+    if mask.shape != (y2 - y1, x2 - x1):
+        return detection.to_segmentation(frame_size=(width, height), target=1).mask > 0
+    full = np.zeros((height, width), dtype=bool)
+    top, left = max(y1, 0), max(x1, 0)
+    bottom, right = min(y2, height), min(x2, width)
+    full[top:bottom, left:right] = mask[top - y1 : bottom - y1, left - x1 : right - x1]
+    return full
 
 
 @torch.inference_mode()
