@@ -15,6 +15,7 @@ Typical use::
 from refseg.bank_builder import build_memory_bank
 from refseg.coco_metrics import EvaluationReport
 from refseg.config import (
+    FAST_PREDICT,
     PAPER_MODELS,
     PAPER_PREDICT,
     PAPER_REFERENCE,
@@ -32,6 +33,7 @@ from refseg.segmenter import Segmenter
 __all__ = [
     "DEFAULT_TAG",
     "EvaluationReport",
+    "FAST_PREDICT",
     "MemoryBank",
     "PAPER_MODELS",
     "PAPER_PREDICT",
