@@ -1,0 +1,22 @@
+"""The refseg FiftyOne plugin: registers the operators of ``operators/``.
+
+FiftyOne re-runs this module when it (re)loads plugins, so it imports only the operator
+classes; they import the ``refseg`` engine (and torch) lazily, inside forms and executions.
+"""
+
+import importlib.util
+import os
+import sys
+
+# Installed as a plugin only (`fiftyone plugins download`, or a symlink into the plugins
+# directory) the engine package sits next to this file rather than in site-packages; make it
+# importable. A pip-installed refseg takes precedence. find_spec does not import the package.
+if importlib.util.find_spec("refseg") is None:
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
+from .operators import OPERATORS  # noqa: E402
+
+
+def register(p):
+    for operator in OPERATORS:
+        p.register(operator)

@@ -1,0 +1,19 @@
+"""The refseg operators, one module each; ``OPERATORS`` is what ``register`` registers."""
+
+from .boxes_to_masks import BoxesToMasks
+from .build_memory_bank import BuildMemoryBank
+from .evaluate import Evaluate
+from .manage_banks import ManageBanks
+from .predict import Predict
+from .preview import Preview
+from .sample_references import SampleReferences
+
+OPERATORS = (
+    SampleReferences,
+    BoxesToMasks,
+    BuildMemoryBank,
+    Predict,
+    Evaluate,
+    ManageBanks,
+    Preview,
+)

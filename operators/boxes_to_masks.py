@@ -1,0 +1,153 @@
+"""Operator: SAM2 box prompts fill in the masks of box-only reference labels."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _common
+
+
+class BoxesToMasks(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="boxes_to_masks",
+            label="refseg: boxes to masks",
+            description="Make masks for box-only labels with SAM2 box prompts",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+            execute_as_generator=True,
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        gt_field,
+        *,
+        output_field=None,
+        tag=None,
+        all_labels=False,
+        sam2=None,
+        random_weights=False,
+        device=None,
+        delegate=False,
+        delegation_target=None,
+    ):
+        """Fills the masks of the box-only labels of ``gt_field`` (those tagged ``tag``, default
+        ``refseg.DEFAULT_TAG``, or all with ``all_labels=True``): in place, or in
+        ``output_field``, a copy of ``gt_field`` with the masks filled.
+
+        Example::
+
+            boxes_to_masks = foo.get_operator("@refseg/refseg/boxes_to_masks")
+            boxes_to_masks(dataset, "ground_truth", output_field="gt_masks", delegate=True)
+        """
+        params = dict(
+            gt_field=gt_field, write="new_field" if output_field else "in_place",
+            output_field=output_field, tag=tag, source="all" if all_labels else "tagged",
+            sam2=sam2, random_weights=random_weights, device=device,
+        )
+        return _common.call_operator(
+            self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _inputs(ctx, inputs)
+        return _common.form(inputs, "Boxes to masks")
+
+    def execute(self, ctx):
+        return _common.run_job(
+            ctx, self, lambda progress: _fill(ctx, progress),
+            lambda results: [ctx.ops.reload_dataset()],
+        )
+
+    def resolve_output(self, ctx):
+        if not ctx.results:
+            return None
+        outputs = types.Object()
+        outputs.int("num_masks", label="Masks made")
+        outputs.str("field", label="Written to")
+        return _common.output_form(outputs, "Boxes to masks")
+
+
+def _inputs(ctx, inputs) -> None:
+    view = _common.target_view(ctx, inputs, "Make masks in", allow_selected_labels=True)
+    gt_field = _common.detections_field(
+        ctx, inputs, "gt_field", "Label field", "The Detections field with box-only labels",
+        default="ground_truth",
+    )
+    if view is None or gt_field is None:
+        return
+    labels = _common.reference_inputs(ctx, inputs, view, gt_field)
+    if labels is None:
+        return
+    if not labels.filter_labels(gt_field, _common.no_mask()).count(f"{gt_field}.detections"):
+        _common.error(inputs, "no_boxes", "Every chosen label already has a mask")
+        return
+    choices = types.RadioGroup()
+    choices.add_choice("in_place", label="In place", description=f"Set the masks on '{gt_field}'")
+    choices.add_choice("new_field", label="New field",
+                       description=f"Write a copy of '{gt_field}' with the masks filled")
+    inputs.enum("write", choices.values(), default="in_place", label="Write", view=choices)
+    if _common.param(ctx, "write", "in_place") == "new_field":
+        field = _common.new_field_name(ctx, inputs, "output_field", "New field",
+                                       "Created as a copy of the label field",
+                                       default=f"{gt_field}_masks")
+        if field is not None and field in ctx.dataset.get_field_schema():
+            _common.error(inputs, "field_exists", f"Field '{field}' exists: choose another name")
+    _common.model_inputs(ctx, inputs, dinov2=False)
+    _common.delegation_notice(ctx, inputs)
+
+
+def _fill(ctx, progress) -> dict:
+    import refseg
+    from refseg.models import build_proposer
+
+    gt_field = ctx.params["gt_field"]
+    field = gt_field
+    if _common.param(ctx, "write", "in_place") == "new_field":
+        field = ctx.params["output_field"]
+        ctx.dataset.clone_sample_field(gt_field, field)
+    tag = _common.reference_tag(ctx)
+    view = ctx.target_view()
+    if tag is not None:
+        view = view.filter_labels(field, _common.has_tag(tag))
+    view = view.filter_labels(field, _common.no_mask())
+    progress(0.0, "Loading SAM2")
+    proposer = build_proposer(
+        _common.param(ctx, "sam2", _common.engine_default(refseg.build_memory_bank, "sam2")),
+        pretrained=_common.pretrained(ctx), device=_common.device_of(ctx),
+        cache=_common.MODEL_CACHE.get(),
+    )
+    masks = {}
+    labels = list(refseg.reference_labels(view, field))
+    for filepath, group in _by_image(labels).items():
+        masks.update(_image_masks(proposer, filepath, group))
+        progress(len(masks) / len(labels), f"Made {len(masks)} of {len(labels)} masks")
+    ctx.dataset.set_label_values(f"{field}.detections.mask", masks)
+    return {"num_masks": len(masks), "field": field}
+
+
+def _by_image(labels) -> dict:
+    groups: dict = {}
+    for label in labels:
+        groups.setdefault(label.filepath, []).append(label)
+    return groups
+
+
+def _image_masks(proposer, filepath, labels) -> dict:
+    """{label id: mask cropped to its box, as FiftyOne stores it} for one image's labels."""
+    from refseg.references import absolute_box, masks_from_boxes
+
+    width, height = labels[0].image_size
+    boxes = [absolute_box(label.detection, width, height) for label in labels]
+    result = {}
+    for label, (x, y, w, h), full in zip(labels, boxes, masks_from_boxes(proposer, filepath, boxes)):
+        x0, y0 = int(round(x)), int(round(y))
+        x1, y1 = max(x0 + 1, int(round(x + w))), max(y0 + 1, int(round(y + h)))
+        result[label.detection.id] = full[y0:y1, x0:x1]
+    return result

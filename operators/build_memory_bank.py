@@ -1,0 +1,185 @@
+"""Operator: encode reference labels into a memory bank stored with the dataset."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _common
+
+
+class BuildMemoryBank(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="build_memory_bank",
+            label="refseg: build memory bank",
+            description="Encode reference labels with DINOv2 into a named memory bank",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+            execute_as_generator=True,
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        gt_field,
+        name,
+        *,
+        tag=None,
+        all_labels=False,
+        sam2=None,
+        dinov2=None,
+        random_weights=False,
+        device=None,
+        context_ratio=None,
+        mask_downsample=None,
+        batch_size=None,
+        overwrite=False,
+        selected_labels=None,
+        delegate=False,
+        delegation_target=None,
+    ):
+        """Builds a memory bank from the reference labels of ``gt_field`` and stores it with the
+        dataset as ``name`` (see ``refseg.build_memory_bank``).
+
+        The references are the labels tagged ``tag`` (default ``refseg.DEFAULT_TAG``), or every
+        label of the field with ``all_labels=True``; ``selected_labels`` (App format) restricts
+        them to those labels. None arguments take the engine's defaults.
+
+        Example::
+
+            build = foo.get_operator("@refseg/refseg/build_memory_bank")
+            build(dataset, "ground_truth", "my_bank", dinov2="dinov2_vitl14", delegate=True)
+        """
+        params = dict(
+            gt_field=gt_field, name=name, tag=tag, source="all" if all_labels else "tagged",
+            sam2=sam2, dinov2=dinov2, random_weights=random_weights, device=device,
+            context_ratio=context_ratio, mask_downsample=mask_downsample, batch_size=batch_size,
+            overwrite=overwrite,
+        )
+        request = {}
+        if selected_labels:
+            request = dict(selected_labels=selected_labels)
+            params["view_target"] = "SELECTED_LABELS"
+        return _common.call_operator(
+            self, sample_collection, params, delegate=delegate,
+            delegation_target=delegation_target, **request,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _inputs(ctx, inputs)
+        return _common.form(inputs, "Build memory bank")
+
+    def execute(self, ctx):
+        return _common.run_job(ctx, self, lambda progress: _build(ctx, progress), _effects(ctx))
+
+    def resolve_output(self, ctx):
+        if not ctx.results:
+            return None
+        outputs = types.Object()
+        outputs.str("name", label="Memory bank")
+        outputs.int("num_references", label="References")
+        _common.summary(outputs)
+        return _common.output_form(outputs, "Memory bank built")
+
+
+def _inputs(ctx, inputs) -> None:
+    import refseg
+    from refseg.config import ReferenceConfig
+
+    view = _common.target_view(
+        ctx, inputs, "Take reference labels from", allow_selected_labels=True
+    )
+    gt_field = _common.detections_field(
+        ctx, inputs, "gt_field", "Reference field", "The Detections field of the references",
+        default="ground_truth",
+    )
+    if view is None or gt_field is None:
+        return
+    if _common.reference_inputs(ctx, inputs, view, gt_field) is None:
+        return
+    _name_input(ctx, inputs)
+    _common.model_inputs(ctx, inputs)
+    defaults = ReferenceConfig()
+    inputs.float("context_ratio", default=defaults.context_ratio, min=0.0, label="Context ratio",
+                 description="Context around each reference crop, as a fraction of its box")
+    choices = types.RadioGroup()
+    for mode in ("area", "nearest"):
+        choices.add_choice(mode, label=mode)
+    inputs.enum("mask_downsample", choices.values(), default=defaults.mask_downsample,
+                label="Mask downsampling", view=choices,
+                description="area keeps thin objects; nearest is the paper's")
+    inputs.int("batch_size", default=_common.engine_default(refseg.build_memory_bank, "batch_size"),
+               min=1, label="Batch size", description="Reference crops encoded together")
+    _common.delegation_notice(ctx, inputs)
+
+
+def _name_input(ctx, inputs) -> None:
+    from refseg import list_banks
+
+    inputs.str("name", default="bank", required=True, label="Bank name",
+               description="Stored with the dataset under this name (letters, digits, _)")
+    name = ctx.params.get("name", "bank") or ""
+    if not name.isidentifier():
+        _common.error(inputs, "name_invalid", f"'{name}' is not a valid bank name (letters, digits, _)")
+    elif name in list_banks(ctx.dataset):
+        inputs.bool("overwrite", default=False, label=f"Replace the bank '{name}'",
+                    view=types.CheckboxView())
+        if not ctx.params.get("overwrite", False):
+            _common.error(inputs, "name_taken",
+                          f"A memory bank named '{name}' exists: tick 'Replace' or choose another name")
+    elif ctx.dataset.has_run(name):
+        _common.error(inputs, "name_taken", f"The dataset has another run named '{name}'")
+
+
+def _build(ctx, progress) -> dict:
+    import refseg
+    from refseg.config import ReferenceConfig
+
+    defaults = ReferenceConfig()
+    config = ReferenceConfig(
+        context_ratio=float(_common.param(ctx, "context_ratio", defaults.context_ratio)),
+        mask_downsample=_common.param(ctx, "mask_downsample", defaults.mask_downsample),
+    )
+    tag = _common.reference_tag(ctx)
+    progress(0.0, "Loading models and encoding references")
+    bank = refseg.build_memory_bank(
+        ctx.target_view(),
+        ctx.params["gt_field"],
+        sam2=_common.param(ctx, "sam2", _common.engine_default(refseg.build_memory_bank, "sam2")),
+        dinov2=_common.param(ctx, "dinov2", _common.engine_default(refseg.build_memory_bank, "dinov2")),
+        pretrained=_common.pretrained(ctx),
+        device=_common.device_of(ctx),
+        tag=tag,
+        config=config,
+        batch_size=int(_common.param(ctx, "batch_size", _common.engine_default(refseg.build_memory_bank, "batch_size"))),
+        name=ctx.params["name"],
+        overwrite=bool(ctx.params.get("overwrite", False)),
+        cache=_common.MODEL_CACHE.get(),
+        progress=False,
+    )
+    progress(1.0, f"Stored memory bank '{ctx.params['name']}'")
+    return {
+        "name": ctx.params["name"],
+        "num_references": len(bank.references),
+        "summary": bank_summary(bank),
+    }
+
+
+def bank_summary(bank) -> str:
+    """Markdown: the bank's classes with their shots, and its models."""
+    rows = "\n".join(f"| {name} | {count} |" for name, count in bank.shots().items())
+    return (
+        f"| class | shots |\n|---|---|\n{rows}\n\n"
+        f"Encoder: `{bank.encoder.get('name')}` ({bank.encoder.get('weights')}); "
+        f"SAM2: `{bank.proposer.get('name')}`; settings: `{bank.settings.to_dict()}`"
+    )
+
+
+def _effects(ctx):
+    return lambda results: [ctx.ops.reload_dataset()]
+

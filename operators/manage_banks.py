@@ -1,0 +1,192 @@
+"""Operator: inspect, delete, or add / remove references of the stored memory banks."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _common
+
+ACTIONS = {
+    "inspect": "Inspect: classes, shots, models and references",
+    "add": "Add references (encoded with the bank's models)",
+    "remove": "Remove references",
+    "delete": "Delete the bank",
+}
+
+
+class ManageBanks(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="manage_banks",
+            label="refseg: manage memory banks",
+            description="List, inspect and delete memory banks; add or remove references",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            execute_as_generator=True,
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        bank,
+        action="inspect",
+        *,
+        gt_field=None,
+        tag=None,
+        all_labels=False,
+        label_ids=None,
+        random_weights=None,
+        device=None,
+        delegate=False,
+        delegation_target=None,
+    ):
+        """Runs ``action`` on the stored memory bank ``bank``.
+
+        ``"inspect"`` returns its summary and references; ``"delete"`` deletes it; ``"add"``
+        encodes the reference labels of ``gt_field`` in ``sample_collection`` (tagged ``tag``,
+        or all with ``all_labels=True``) with the bank's models and adds them; ``"remove"``
+        removes the references whose label ids are ``label_ids``.
+
+        Example::
+
+            manage = foo.get_operator("@refseg/refseg/manage_banks")
+            manage(dataset, "my_bank", "remove", label_ids=["64f..."])
+        """
+        params = dict(
+            bank=bank, action=action, gt_field=gt_field, tag=tag,
+            source="all" if all_labels else "tagged", label_ids=label_ids,
+            random_weights=random_weights, device=device,
+        )
+        return _common.call_operator(
+            self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _inputs(ctx, inputs)
+        return _common.form(inputs, "Manage memory banks")
+
+    def execute(self, ctx):
+        effects = None if ctx.params["action"] == "inspect" else lambda r: [ctx.ops.reload_dataset()]
+        return _common.run_job(ctx, self, lambda progress: _run(ctx, progress), effects)
+
+    def resolve_output(self, ctx):
+        if not ctx.results:
+            return None
+        outputs = types.Object()
+        outputs.str("message", label="Result")
+        _common.summary(outputs)
+        return _common.output_form(outputs, "Memory bank")
+
+
+def _inputs(ctx, inputs) -> None:
+    from refseg import list_banks
+
+    banks = list_banks(ctx.dataset)
+    if banks:
+        _common.notice(inputs, "banks", f"Memory banks of this dataset: {', '.join(banks)}")
+    key = _common.bank_choice(ctx, inputs)
+    if key is None:
+        return
+    choices = types.RadioGroup()
+    for action, label in ACTIONS.items():
+        choices.add_choice(action, label=label)
+    inputs.enum("action", choices.values(), default="inspect", required=True, label="Action",
+                view=choices)
+    action = ctx.params.get("action", "inspect")
+    if action == "add":
+        _add_inputs(ctx, inputs, key)
+    elif action == "remove":
+        _remove_inputs(ctx, inputs, key)
+    elif action == "delete":
+        inputs.view("delete_warning", types.Warning(label=f"This deletes the memory bank '{key}'"))
+
+
+def _add_inputs(ctx, inputs, key) -> None:
+    view = _common.target_view(ctx, inputs, "Take references from", allow_selected_labels=True)
+    gt_field = _common.detections_field(
+        ctx, inputs, "gt_field", "Reference field", "The Detections field of the new references",
+        default="ground_truth",
+    )
+    if view is None or gt_field is None:
+        return
+    if _common.bank_models(ctx, inputs, key) is None:
+        return
+    _common.reference_inputs(ctx, inputs, view, gt_field)
+
+
+def _remove_inputs(ctx, inputs, key) -> None:
+    from refseg import load_bank
+
+    references = load_bank(ctx.dataset, key).references
+    in_bank = {r.label_id for r in references}
+    selected = [s["label_id"] for s in ctx.selected_labels if s["label_id"] in in_bank]
+    choices = types.AutocompleteView()
+    for r in references:
+        choices.add_choice(r.label_id, label=f"{r.label}: {r.filepath.rsplit('/', 1)[-1]} ({r.label_id})")
+    inputs.list("label_ids", types.String(), default=selected or None, required=True,
+                label="References to remove", view=choices,
+                description="Defaults to the references selected in the App")
+    chosen = ctx.params.get("label_ids") or selected
+    unknown = sorted(set(chosen) - in_bank)
+    if unknown:
+        _common.error(inputs, "unknown_ids", f"Not references of '{key}': {unknown}")
+    elif set(chosen) == in_bank:
+        _common.error(inputs, "remove_all", "Removing every reference would empty the bank: delete it")
+
+
+def _run(ctx, progress) -> dict:
+    import refseg
+
+    key, action = ctx.params["bank"], ctx.params["action"]
+    if action == "delete":
+        ctx.dataset.delete_run(key)
+        return {"message": f"Deleted the memory bank '{key}'", "summary": ""}
+    bank = refseg.load_bank(ctx.dataset, key)
+    if action == "add":
+        bank = _add(ctx, bank, progress)
+    elif action == "remove":
+        bank = bank.without_references(ctx.params["label_ids"])
+    if action != "inspect":
+        refseg.save_bank(ctx.dataset, key, bank, overwrite=True)
+    message = f"'{key}': {len(bank.references)} references of {len(bank.class_names)} classes"
+    return {"message": message, "summary": _describe(ctx.dataset.name, bank)}
+
+
+def _add(ctx, bank, progress):
+    """The bank with the chosen labels encoded by its own models and settings added."""
+    import refseg
+
+    gt_field = ctx.params["gt_field"]
+    view = ctx.target_view().exclude_labels(
+        ids=[r.label_id for r in bank.references], fields=gt_field
+    )
+    progress(0.0, "Encoding the new references")
+    new = refseg.build_memory_bank(
+        view, gt_field, tag=_common.reference_tag(ctx),
+        sam2=ctx.params.get("sam2") or bank.proposer["name"], dinov2=bank.encoder["name"],
+        pretrained=_common.pretrained(ctx, bank), device=_common.device_of(ctx),
+        config=bank.settings, cache=_common.MODEL_CACHE.get(), progress=False,
+    )
+    progress(1.0, f"Encoded {len(new.references)} references")
+    return bank.with_references(new)
+
+
+def _describe(dataset_name: str, bank) -> str:
+    """Markdown: shots and models, then one row per reference linking to its sample."""
+    from .build_memory_bank import bank_summary
+
+    url = f"/datasets/{quote(dataset_name)}"
+    rows = "\n".join(
+        f"| {r.label} | [{r.filepath.rsplit('/', 1)[-1]}]({url}?id={r.sample_id}) | "
+        f"{r.label_id} | {r.mask_source} |"
+        for r in bank.references
+    )
+    return (
+        f"{bank_summary(bank)}\n\n| class | sample | label id | mask |\n|---|---|---|---|\n{rows}"
+    )

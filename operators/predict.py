@@ -1,0 +1,189 @@
+"""Operator: apply a memory bank to samples, writing a Detections field; resumable."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _common
+
+WRITE_EVERY = 8
+"""Samples per database write: what an interrupted run can lose and re-does on 'continue'."""
+
+TUNABLE = ("points_per_side", "score_threshold", "max_detections")
+"""The ``PredictConfig`` fields the form offers; the others keep their defaults."""
+
+
+class Predict(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="predict",
+            label="refseg: predict",
+            description="Segment samples with a memory bank into a label field",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+            execute_as_generator=True,
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        bank,
+        label_field,
+        *,
+        points_per_side=None,
+        score_threshold=None,
+        max_detections=None,
+        batch_size=None,
+        sam2=None,
+        random_weights=None,
+        device=None,
+        overwrite=False,
+        resume=False,
+        delegate=False,
+        delegation_target=None,
+    ):
+        """Segments the samples with the stored memory bank ``bank`` into ``label_field``
+        (see ``refseg.predict``). An existing field is refused unless ``overwrite=True``
+        (replace) or ``resume=True`` (continue an interrupted run: only samples without a
+        value are predicted). None arguments take the ``PredictConfig`` / engine defaults;
+        ``random_weights`` defaults to what the bank was built with.
+
+        Example::
+
+            predict = foo.get_operator("@refseg/refseg/predict")
+            predict(dataset.match_tags("unlabeled"), "my_bank", "refseg", delegate=True)
+        """
+        existing = "overwrite" if overwrite else "continue" if resume else None
+        params = dict(
+            bank=bank, label_field=label_field, points_per_side=points_per_side,
+            score_threshold=score_threshold, max_detections=max_detections,
+            batch_size=batch_size, sam2=sam2, random_weights=random_weights, device=device,
+            existing=existing,
+        )
+        return _common.call_operator(
+            self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _inputs(ctx, inputs)
+        return _common.form(inputs, "Predict")
+
+    def execute(self, ctx):
+        return _common.run_job(
+            ctx, self, lambda progress: _predict(ctx, progress), lambda results: _effects(ctx)
+        )
+
+    def resolve_output(self, ctx):
+        if not ctx.results:
+            return None
+        outputs = types.Object()
+        outputs.str("label_field", label="Label field")
+        outputs.int("num_samples", label="Samples predicted")
+        outputs.int("num_detections", label="Detections written")
+        return _common.output_form(outputs, "Predictions written")
+
+
+def _inputs(ctx, inputs) -> None:
+    view = _common.target_view(ctx, inputs, "Predict on")
+    key = _common.bank_choice(ctx, inputs)
+    if key is None:
+        return
+    bank = _common.bank_models(ctx, inputs, key)
+    field = _common.new_field_name(
+        ctx, inputs, "label_field", "Label field", "The Detections field to write",
+        default=f"{key}_predictions",
+    )
+    if field is not None and view is not None:
+        _existing_field_inputs(ctx, inputs, view, field)
+    if bank is None:
+        return
+    settings_inputs(inputs)
+    _common.delegation_notice(ctx, inputs)
+
+
+def settings_inputs(inputs) -> None:
+    """The prediction settings offered in forms, with the ``PredictConfig`` defaults."""
+    import refseg
+    from refseg.config import PredictConfig
+
+    defaults = PredictConfig()
+    inputs.int("points_per_side", default=defaults.points_per_side, min=1,
+               label="Points per side", description="Prompt grid density (points_per_side²)")
+    inputs.float("score_threshold", default=defaults.score_threshold,
+                 label="Score threshold", description="Detections scoring at or below are dropped")
+    inputs.int("max_detections", default=defaults.max_detections, min=1,
+               label="Max detections", description="The most detections kept per image")
+    inputs.int("batch_size", default=_common.engine_default(refseg.predict, "batch_size"),
+               min=1, label="Batch size", description="Images encoded together")
+
+
+def _existing_field_inputs(ctx, inputs, view, field: str) -> None:
+    """Refuses an existing field unless the user chooses to continue or to overwrite it."""
+    import fiftyone as fo
+
+    schema = ctx.dataset.get_field_schema()
+    if field not in schema:
+        return
+    kind = getattr(schema[field], "document_type", None)
+    if kind is not fo.Detections:
+        held = getattr(kind, "__name__", type(schema[field]).__name__)
+        _common.error(inputs, "field_type",
+                      f"Field '{field}' holds {held}, not Detections: choose another field name")
+        return
+    done = len(view.exists(field))
+    choices = types.RadioGroup()
+    choices.add_choice("continue", label="Continue",
+                       description="Predict only the samples without a value (resume a run)")
+    choices.add_choice("overwrite", label="Overwrite",
+                       description="Replace the field's values on these samples")
+    inputs.enum("existing", choices.values(), label=f"Field '{field}' exists", view=choices,
+                description=f"{done} of {len(view)} target samples already have predictions")
+    if ctx.params.get("existing") not in ("continue", "overwrite"):
+        _common.error(inputs, "field_exists",
+                      f"Field '{field}' already exists ({done} of {len(view)} samples done): "
+                      "choose Continue or Overwrite, or another field name")
+
+
+def predict_config(ctx):
+    """``PredictConfig`` with the form's settings over its defaults."""
+    import dataclasses
+
+    from refseg.config import PredictConfig
+
+    given = {name: ctx.params[name] for name in TUNABLE if ctx.params.get(name) is not None}
+    return dataclasses.replace(PredictConfig(), **given)
+
+
+def _predict(ctx, progress) -> dict:
+    import refseg
+
+    key, field = ctx.params["bank"], ctx.params["label_field"]
+    view = ctx.target_view()
+    existing = ctx.params.get("existing")
+    todo = len(view.exists(field, False)) if existing == "continue" else len(view)
+    bank = refseg.load_bank(ctx.dataset, key)
+    progress(0.0, f"Loading models; {todo} samples to predict")
+    count = refseg.predict(
+        view, bank, field,
+        config=predict_config(ctx),
+        batch_size=int(_common.param(ctx, "batch_size", _common.engine_default(refseg.predict, "batch_size"))),
+        device=_common.device_of(ctx),
+        sam2=ctx.params.get("sam2"),
+        pretrained=_common.pretrained(ctx, bank),
+        num_workers=None if ctx.delegated else 0,
+        write_every=WRITE_EVERY,
+        overwrite=existing == "overwrite",
+        resume=existing == "continue",
+        cache=_common.MODEL_CACHE.get(),
+        progress=lambda done, total: progress(done / total, f"Predicted {done} of {total} samples"),
+    )
+    return {"label_field": field, "num_samples": todo, "num_detections": count}
+
+
+def _effects(ctx) -> list:
+    return [ctx.ops.reload_dataset(), ctx.ops.set_view(view=ctx.target_view())]
