@@ -14,9 +14,11 @@ import sys
 if importlib.util.find_spec("refseg") is None:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
-from .operators import OPERATORS  # noqa: E402
-
 
 def register(p):
+    # Imported here, not at module level: pytest imports this file on its own (the checkout
+    # root is collected as a package), where a relative import has no parent package.
+    from .operators import OPERATORS
+
     for operator in OPERATORS:
         p.register(operator)
