@@ -40,7 +40,7 @@ import refseg  # noqa: E402
 from refseg.compare import agreement  # noqa: E402
 from refseg.models import ModelCache, build_encoder, build_proposer  # noqa: E402
 from refseg.predictions import Predictions  # noqa: E402
-from refseg.synthetic import CLASSES, PALETTE, make_shapes_dataset, random_shapes, render  # noqa: E402
+from refseg.synthetic import CLASSES, make_shapes_dataset, random_shapes, render  # noqa: E402
 from refseg.timing import StageTimer  # noqa: E402
 
 MODEL_STAGES = ("sam2_encoder", "dinov2_encoder", "prompt_decoding")

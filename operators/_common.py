@@ -1,4 +1,4 @@
-"""What every refseg operator shares: form helpers, progress in both execution modes, models.
+"""What every refseg operator shares: config, Python calls, progress in both modes, models.
 
 Nothing here imports ``refseg`` (and so torch) at module import: the App server re-runs the
 plugin's ``register`` on requests, so the engine is imported inside functions, the first time a
@@ -7,7 +7,6 @@ form or an execution needs it.
 
 from __future__ import annotations
 
-import inspect
 import queue
 import threading
 import time
@@ -15,7 +14,6 @@ from typing import Any, Callable, Iterator
 
 import fiftyone as fo
 import fiftyone.operators as foo
-import fiftyone.operators.types as types
 
 Progress = Callable[[float, str], None]
 """Called as ``progress(fraction in [0, 1], label)`` while an operator works."""
@@ -26,7 +24,28 @@ Work = Callable[[Progress], dict]
 PROGRESS_INTERVAL_S = 0.5
 """Progress updates closer together than this are dropped (the last one always goes out)."""
 
-RANDOM_WEIGHTS_LABEL = "Random weights (testing only)"
+
+DELEGATION = {
+    "default": dict(allow_delegated_execution=True, default_choice_to_delegated=True),
+    "allowed": dict(allow_delegated_execution=True),
+    "never": dict(allow_delegated_execution=False),
+}
+"""Execution modes: heavy operators default to delegated, light ones run immediately."""
+
+
+def operator_config(
+    name: str, label: str, description: str, *, delegation: str, generator: bool = True
+) -> foo.OperatorConfig:
+    """The config every refseg operator uses: dynamic forms, immediate execution allowed."""
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        execute_as_generator=generator,
+        **DELEGATION[delegation],
+    )
 
 
 class ProcessModelCache:
@@ -95,324 +114,7 @@ def call_operator(
     )
 
 
-def engine_default(function: Callable, name: str) -> Any:
-    """The default of argument ``name`` of an engine function, so forms repeat no default."""
-    return inspect.signature(function).parameters[name].default
-
-
-def param(ctx, name: str, default: Any) -> Any:
-    """``ctx.params[name]``, or ``default`` when it is missing or None (Python callers and
-    delegated runs send only the parameters that were set)."""
-    value = ctx.params.get(name)
-    return default if value is None else value
-
-
 # -- form helpers ---------------------------------------------------------------------------
-
-
-def form(inputs: types.Object, label: str, description: str | None = None) -> types.Property:
-    """The operator's form."""
-    return types.Property(inputs, view=types.View(label=label, description=description))
-
-
-def error(inputs: types.Object, name: str, message: str) -> None:
-    """Shows ``message`` in the form and blocks execution with it (also from Python)."""
-    prop = inputs.view(name, types.Error(label=message))
-    prop.invalid = True
-    prop.error_message = message
-
-
-def notice(inputs: types.Object, name: str, message: str) -> None:
-    inputs.view(name, types.Notice(label=message))
-
-
-def target_view(
-    ctx,
-    inputs: types.Object,
-    action: str,
-    *,
-    allow_selected_labels: bool = False,
-) -> fo.core.collections.SampleCollection | None:
-    """The view-target choice (dataset / current view / selection), with its sample count.
-
-    Returns:
-        The chosen samples, or None (and an error in the form) when there are none.
-    """
-    inputs.view_target(
-        ctx, action_description=action, allow_selected_labels=allow_selected_labels
-    )
-    view = ctx.target_view()
-    if len(view) == 0:
-        error(inputs, "empty_view", "There are no samples to process: the chosen view is empty")
-        return None
-    return view
-
-
-def detections_fields(collection: fo.core.collections.SampleCollection) -> list[str]:
-    """The ``fo.Detections`` fields of a dataset or view, sorted."""
-    return sorted(collection.get_field_schema(embedded_doc_type=fo.Detections))
-
-
-def detections_field(
-    ctx,
-    inputs: types.Object,
-    name: str,
-    label: str,
-    description: str,
-    *,
-    default: str | None = None,
-    exclude: tuple[str, ...] = (),
-) -> str | None:
-    """A required choice among the dataset's Detections fields; None if there is none yet."""
-    fields = [f for f in detections_fields(ctx.dataset) if f not in exclude]
-    if not fields:
-        error(inputs, f"{name}_missing", f"This dataset has no Detections field for '{label}'")
-        return None
-    given = ctx.params.get(name)
-    if given is not None and given not in fields:
-        error(inputs, f"{name}_type", f"'{label}': {_not_detections(ctx.dataset, given)}")
-    choices = types.DropdownView()
-    for field in fields:
-        choices.add_choice(field, label=field)
-    default = default if default in fields else fields[0]
-    inputs.enum(
-        name, choices.values(), default=default, required=True, label=label,
-        description=description, view=choices,
-    )
-    value = ctx.params.get(name, default)
-    return value if value in fields else None
-
-
-def _not_detections(dataset: fo.Dataset, field: str) -> str:
-    """Why ``field`` cannot be used where a Detections field is needed."""
-    schema = dataset.get_field_schema()
-    if field not in schema:
-        return f"the dataset has no field '{field}'"
-    kind = getattr(schema[field], "document_type", None) or type(schema[field])
-    return f"field '{field}' holds {kind.__name__}, not Detections"
-
-
-def new_field_name(
-    ctx,
-    inputs: types.Object,
-    name: str,
-    label: str,
-    description: str,
-    default: str,
-) -> str | None:
-    """A required name for a field to create; None (with an error) if it is not a valid name."""
-    inputs.str(name, default=default, required=True, label=label, description=description)
-    value = ctx.params.get(name, default) or ""
-    if not value.isidentifier():
-        error(inputs, f"{name}_invalid", f"'{value}' is not a valid field name (letters, digits, _)")
-        return None
-    return value
-
-
-def tag_input(
-    ctx,
-    inputs: types.Object,
-    *,
-    default: str,
-    label: str = "Label tag",
-    description: str = "The label tag that marks the references",
-) -> str | None:
-    """A label tag to write or to filter by; None (with an error in the form) when empty."""
-    inputs.str("tag", default=default, label=label, description=description)
-    tag = param(ctx, "tag", default)
-    if not tag.strip():
-        error(inputs, "tag_empty", "The label tag is empty: enter one")
-        return None
-    return tag
-
-
-def reference_inputs(ctx, inputs: types.Object, view, gt_field: str):
-    """Which labels are references: the tagged ones (default when there are some) or every
-    label of the chosen samples / labels. Shows their count, refuses none.
-
-    Returns:
-        The view holding only the reference labels, or None.
-    """
-    import refseg
-
-    tagged_count = view.count_label_tags(label_fields=gt_field).get(refseg.DEFAULT_TAG, 0)
-    choices = types.RadioGroup()
-    choices.add_choice("tagged", label="Tagged references",
-                       description="Labels carrying the reference tag")
-    choices.add_choice("all", label="Every label",
-                       description="Every label of the field in the chosen samples / labels")
-    default = "tagged" if tagged_count else "all"
-    inputs.enum("source", choices.values(), default=default, label="References", view=choices)
-    tag = None
-    if param(ctx, "source", default) == "tagged":
-        tag = tag_input(ctx, inputs, default=refseg.DEFAULT_TAG)
-        if tag is None:
-            return None
-        view = view.filter_labels(gt_field, has_tag(tag))
-    count = view.count(f"{gt_field}.detections")
-    if count == 0:
-        where = f"tagged '{tag}' " if tag else ""
-        error(inputs, "no_references",
-              f"No labels {where}in '{gt_field}' of the chosen samples: run 'Sample "
-              "references' or choose other labels")
-        return None
-    boxes_only = view.filter_labels(gt_field, no_mask()).count(f"{gt_field}.detections")
-    per_class = view.count_values(f"{gt_field}.detections.label")
-    message = f"{count} references: " + ", ".join(f"{c} {n}" for c, n in sorted(per_class.items()))
-    if boxes_only:
-        message += f". {boxes_only} have only a box: SAM2 will make their masks"
-    notice(inputs, "reference_count", message)
-    return view
-
-
-def reference_tag(ctx) -> str | None:
-    """The tag that marks the references at execution; None for every label."""
-    import refseg
-
-    if param(ctx, "source", "tagged") != "tagged":
-        return None
-    return param(ctx, "tag", refseg.DEFAULT_TAG)
-
-
-def bank_choice(ctx, inputs: types.Object, name: str = "bank") -> str | None:
-    """A required choice among the memory banks stored with the dataset."""
-    from refseg import list_banks
-
-    banks = list_banks(ctx.dataset)
-    if not banks:
-        error(
-            inputs, f"{name}_missing",
-            "This dataset has no memory bank yet: run 'Build memory bank' first",
-        )
-        return None
-    choices = types.DropdownView()
-    for key in banks:
-        choices.add_choice(key, label=key)
-    inputs.enum(
-        name, choices.values(), default=banks[-1], required=True, label="Memory bank",
-        description="A memory bank stored with this dataset", view=choices,
-    )
-    value = ctx.params.get(name, banks[-1])
-    return value if value in banks else None
-
-
-def bank_models(ctx, inputs: types.Object, key: str):
-    """Loads the bank ``key``, shows what it holds, and offers the models to apply it with:
-    a SAM2 choice (default the bank's), the random-weights switch (default the bank's) and the
-    device. Errors in the form when the bank's models cannot be used here.
-
-    Returns:
-        The ``MemoryBank``, or None when it cannot be applied.
-    """
-    from refseg import load_bank
-    from refseg.models import DINOV2_MODELS, RANDOM_WEIGHTS, SAM2_MODELS
-
-    bank = load_bank(ctx.dataset, key)
-    shots = ", ".join(f"{c} {n}" for c, n in bank.shots().items())
-    encoder, weights = bank.encoder.get("name"), bank.encoder.get("weights")
-    notice(inputs, f"{key}_info", f"Bank '{key}': {shots}; DINOv2 {encoder} ({weights})")
-    if encoder not in DINOV2_MODELS:
-        error(inputs, "bank_models",
-              f"Bank '{key}' was built with the encoder {encoder!r}, which this plugin cannot "
-              f"load (it loads {', '.join(DINOV2_MODELS)}); rebuild it with one of them")
-        return None
-    choices = types.DropdownView()
-    for model in SAM2_MODELS:
-        choices.add_choice(model, label=model)
-    default_sam2 = bank.proposer.get("name")
-    default_sam2 = default_sam2 if default_sam2 in SAM2_MODELS else None
-    inputs.enum("sam2", choices.values(), default=default_sam2,
-                label="SAM2 model", description="Proposes the masks (default: the bank's)",
-                view=choices)
-    weights_inputs(ctx, inputs, default_random=weights == RANDOM_WEIGHTS)
-    if (weights == RANDOM_WEIGHTS) != param(ctx, "random_weights", weights == RANDOM_WEIGHTS):
-        built = "random weights" if weights == RANDOM_WEIGHTS else f"the weights {weights}"
-        error(inputs, "bank_weights",
-              f"Bank '{key}' was built with {built}: the encoder must be the same, so "
-              f"{'tick' if weights == RANDOM_WEIGHTS else 'untick'} '{RANDOM_WEIGHTS_LABEL}'")
-        return None
-    return bank
-
-
-def model_inputs(ctx, inputs: types.Object, *, sam2: bool = True, dinov2: bool = True) -> None:
-    """SAM2 / DINOv2 choices from the engine's registries, random weights, and device."""
-    from refseg import build_memory_bank
-    from refseg.models import DINOV2_MODELS, SAM2_MODELS
-
-    for key, names, label, description in (
-        ("sam2", SAM2_MODELS, "SAM2 model", "Makes masks from prompts"),
-        ("dinov2", DINOV2_MODELS, "DINOv2 model", "Encodes references and masks as features"),
-    ):
-        if (key == "sam2" and not sam2) or (key == "dinov2" and not dinov2):
-            continue
-        choices = types.DropdownView()
-        for model in names:
-            choices.add_choice(model, label=model)
-        inputs.enum(
-            key, choices.values(), default=engine_default(build_memory_bank, key),
-            label=label, description=description, view=choices,
-        )
-    weights_inputs(ctx, inputs)
-
-
-def weights_inputs(ctx, inputs: types.Object, *, default_random: bool = False) -> None:
-    """The random-weights switch and the device choice."""
-    inputs.bool(
-        "random_weights", default=default_random, label=RANDOM_WEIGHTS_LABEL,
-        description="Build the models with seeded random weights instead of loading the "
-        "official checkpoints: results are meaningless; for trying the plugin without weights",
-        view=types.CheckboxView(),
-    )
-    choices = types.DropdownView()
-    for device in devices():
-        choices.add_choice(device, label=device)
-    inputs.enum(
-        "device", choices.values(), default="auto", label="Device",
-        description="Where the models run; auto = CUDA when available, else CPU", view=choices,
-    )
-
-
-def devices() -> list[str]:
-    import torch
-
-    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-
-
-def device_of(ctx) -> str | None:
-    """The chosen torch device, None for the engine's default."""
-    device = param(ctx, "device", "auto")
-    return None if device == "auto" else device
-
-
-def pretrained(ctx, bank=None) -> bool:
-    """False when random weights were asked for (by default: when ``bank`` was built so)."""
-    from refseg.models import RANDOM_WEIGHTS
-
-    default = bank is not None and bank.encoder.get("weights") == RANDOM_WEIGHTS
-    return not param(ctx, "random_weights", default)
-
-
-def delegation_notice(ctx, inputs: types.Object) -> None:
-    """Says how to run a queued operation when the user picks delegated execution."""
-    if ctx.requesting_delegated_execution:
-        notice(
-            inputs, "delegation_notice",
-            "This run will be queued; start a worker with `fiftyone delegated launch`",
-        )
-
-
-def has_tag(tag: str):
-    """Label filter: the label carries ``tag``."""
-    from fiftyone import ViewField as F
-
-    return F("tags").contains(tag)
-
-
-def no_mask():
-    """Label filter: a detection with neither ``mask`` nor ``mask_path`` (box only)."""
-    from fiftyone import ViewField as F
-
-    return (F("mask") == None) & (F("mask_path") == None)  # noqa: E711 (a query, not a test)
 
 
 # -- execution with progress ----------------------------------------------------------------
@@ -487,10 +189,3 @@ def show_results(ctx, operator: foo.Operator, results: dict) -> Iterator[Any]:
         yield ctx.ops.show_output(outputs.to_json(), results)
 
 
-def summary(outputs: types.Object, text: str = "summary") -> None:
-    """A markdown block of the results."""
-    outputs.str(text, label="Summary", view=types.MarkdownView())
-
-
-def output_form(outputs: types.Object, label: str) -> types.Property:
-    return types.Property(outputs, view=types.View(label=label))

@@ -5,21 +5,16 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 
 
 class BoxesToMasks(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="boxes_to_masks",
-            label="refseg: boxes to masks",
-            description="Make masks for box-only labels with SAM2 box prompts",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
-            execute_as_generator=True,
+        return _common.operator_config(
+            "boxes_to_masks", "refseg: boxes to masks",
+            "Make masks for box-only labels with SAM2 box prompts",
+            delegation="default",
         )
 
     def __call__(
@@ -57,7 +52,7 @@ class BoxesToMasks(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Boxes to masks")
+        return _forms.form(inputs, "Boxes to masks")
 
     def execute(self, ctx):
         return _common.run_job(
@@ -71,36 +66,36 @@ class BoxesToMasks(foo.Operator):
         outputs = types.Object()
         outputs.int("num_masks", label="Masks made")
         outputs.str("field", label="Written to")
-        return _common.output_form(outputs, "Boxes to masks")
+        return _forms.output_form(outputs, "Boxes to masks")
 
 
 def _inputs(ctx, inputs) -> None:
-    view = _common.target_view(ctx, inputs, "Make masks in", allow_selected_labels=True)
-    gt_field = _common.detections_field(
+    view = _forms.target_view(ctx, inputs, "Make masks in", allow_selected_labels=True)
+    gt_field = _forms.detections_field(
         ctx, inputs, "gt_field", "Label field", "The Detections field with box-only labels",
         default="ground_truth",
     )
     if view is None or gt_field is None:
         return
-    labels = _common.reference_inputs(ctx, inputs, view, gt_field)
+    labels = _forms.reference_inputs(ctx, inputs, view, gt_field)
     if labels is None:
         return
-    if not labels.filter_labels(gt_field, _common.no_mask()).count(f"{gt_field}.detections"):
-        _common.error(inputs, "no_boxes", "Every chosen label already has a mask")
+    if not labels.filter_labels(gt_field, _forms.no_mask()).count(f"{gt_field}.detections"):
+        _forms.error(inputs, "no_boxes", "Every chosen label already has a mask")
         return
     choices = types.RadioGroup()
     choices.add_choice("in_place", label="In place", description=f"Set the masks on '{gt_field}'")
     choices.add_choice("new_field", label="New field",
                        description=f"Write a copy of '{gt_field}' with the masks filled")
     inputs.enum("write", choices.values(), default="in_place", label="Write", view=choices)
-    if _common.param(ctx, "write", "in_place") == "new_field":
-        field = _common.new_field_name(ctx, inputs, "output_field", "New field",
+    if _forms.param(ctx, "write", "in_place") == "new_field":
+        field = _forms.new_field_name(ctx, inputs, "output_field", "New field",
                                        "Created as a copy of the label field",
                                        default=f"{gt_field}_masks")
         if field is not None and field in ctx.dataset.get_field_schema():
-            _common.error(inputs, "field_exists", f"Field '{field}' exists: choose another name")
-    _common.model_inputs(ctx, inputs, dinov2=False)
-    _common.delegation_notice(ctx, inputs)
+            _forms.error(inputs, "field_exists", f"Field '{field}' exists: choose another name")
+    _forms.model_inputs(ctx, inputs, dinov2=False)
+    _forms.delegation_notice(ctx, inputs)
 
 
 def _fill(ctx, progress) -> dict:
@@ -109,18 +104,18 @@ def _fill(ctx, progress) -> dict:
 
     gt_field = ctx.params["gt_field"]
     field = gt_field
-    if _common.param(ctx, "write", "in_place") == "new_field":
+    if _forms.param(ctx, "write", "in_place") == "new_field":
         field = ctx.params["output_field"]
         ctx.dataset.clone_sample_field(gt_field, field)
-    tag = _common.reference_tag(ctx)
+    tag = _forms.reference_tag(ctx)
     view = ctx.target_view()
     if tag is not None:
-        view = view.filter_labels(field, _common.has_tag(tag))
-    view = view.filter_labels(field, _common.no_mask())
+        view = view.filter_labels(field, _forms.has_tag(tag))
+    view = view.filter_labels(field, _forms.no_mask())
     progress(0.0, "Loading SAM2")
     proposer = build_proposer(
-        _common.param(ctx, "sam2", _common.engine_default(refseg.build_memory_bank, "sam2")),
-        pretrained=_common.pretrained(ctx), device=_common.device_of(ctx),
+        _forms.param(ctx, "sam2", _forms.engine_default(refseg.build_memory_bank, "sam2")),
+        pretrained=_forms.pretrained(ctx), device=_forms.device_of(ctx),
         cache=_common.MODEL_CACHE.get(),
     )
     masks = {}

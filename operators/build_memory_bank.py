@@ -5,21 +5,16 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 
 
 class BuildMemoryBank(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="build_memory_bank",
-            label="refseg: build memory bank",
-            description="Encode reference labels with DINOv2 into a named memory bank",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
-            execute_as_generator=True,
+        return _common.operator_config(
+            "build_memory_bank", "refseg: build memory bank",
+            "Encode reference labels with DINOv2 into a named memory bank",
+            delegation="default",
         )
 
     def __call__(
@@ -72,7 +67,7 @@ class BuildMemoryBank(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Build memory bank")
+        return _forms.form(inputs, "Build memory bank")
 
     def execute(self, ctx):
         return _common.run_job(ctx, self, lambda progress: _build(ctx, progress), _effects(ctx))
@@ -83,27 +78,27 @@ class BuildMemoryBank(foo.Operator):
         outputs = types.Object()
         outputs.str("name", label="Memory bank")
         outputs.int("num_references", label="References")
-        _common.summary(outputs)
-        return _common.output_form(outputs, "Memory bank built")
+        _forms.summary(outputs)
+        return _forms.output_form(outputs, "Memory bank built")
 
 
 def _inputs(ctx, inputs) -> None:
     import refseg
     from refseg.config import ReferenceConfig
 
-    view = _common.target_view(
+    view = _forms.target_view(
         ctx, inputs, "Take reference labels from", allow_selected_labels=True
     )
-    gt_field = _common.detections_field(
+    gt_field = _forms.detections_field(
         ctx, inputs, "gt_field", "Reference field", "The Detections field of the references",
         default="ground_truth",
     )
     if view is None or gt_field is None:
         return
-    if _common.reference_inputs(ctx, inputs, view, gt_field) is None:
+    if _forms.reference_inputs(ctx, inputs, view, gt_field) is None:
         return
     _name_input(ctx, inputs)
-    _common.model_inputs(ctx, inputs)
+    _forms.model_inputs(ctx, inputs)
     defaults = ReferenceConfig()
     inputs.float("context_ratio", default=defaults.context_ratio, min=0.0, label="Context ratio",
                  description="Context around each reference crop, as a fraction of its box")
@@ -113,9 +108,9 @@ def _inputs(ctx, inputs) -> None:
     inputs.enum("mask_downsample", choices.values(), default=defaults.mask_downsample,
                 label="Mask downsampling", view=choices,
                 description="area keeps thin objects; nearest is the paper's")
-    inputs.int("batch_size", default=_common.engine_default(refseg.build_memory_bank, "batch_size"),
+    inputs.int("batch_size", default=_forms.engine_default(refseg.build_memory_bank, "batch_size"),
                min=1, label="Batch size", description="Reference crops encoded together")
-    _common.delegation_notice(ctx, inputs)
+    _forms.delegation_notice(ctx, inputs)
 
 
 def _name_input(ctx, inputs) -> None:
@@ -125,15 +120,15 @@ def _name_input(ctx, inputs) -> None:
                description="Stored with the dataset under this name (letters, digits, _)")
     name = ctx.params.get("name", "bank") or ""
     if not name.isidentifier():
-        _common.error(inputs, "name_invalid", f"'{name}' is not a valid bank name (letters, digits, _)")
+        _forms.error(inputs, "name_invalid", f"'{name}' is not a valid bank name (letters, digits, _)")
     elif name in list_banks(ctx.dataset):
         inputs.bool("overwrite", default=False, label=f"Replace the bank '{name}'",
                     view=types.CheckboxView())
         if not ctx.params.get("overwrite", False):
-            _common.error(inputs, "name_taken",
+            _forms.error(inputs, "name_taken",
                           f"A memory bank named '{name}' exists: tick 'Replace' or choose another name")
     elif ctx.dataset.has_run(name):
-        _common.error(inputs, "name_taken", f"The dataset has another run named '{name}'")
+        _forms.error(inputs, "name_taken", f"The dataset has another run named '{name}'")
 
 
 def _build(ctx, progress) -> dict:
@@ -142,21 +137,21 @@ def _build(ctx, progress) -> dict:
 
     defaults = ReferenceConfig()
     config = ReferenceConfig(
-        context_ratio=float(_common.param(ctx, "context_ratio", defaults.context_ratio)),
-        mask_downsample=_common.param(ctx, "mask_downsample", defaults.mask_downsample),
+        context_ratio=float(_forms.param(ctx, "context_ratio", defaults.context_ratio)),
+        mask_downsample=_forms.param(ctx, "mask_downsample", defaults.mask_downsample),
     )
-    tag = _common.reference_tag(ctx)
+    tag = _forms.reference_tag(ctx)
     progress(0.0, "Loading models and encoding references")
     bank = refseg.build_memory_bank(
         ctx.target_view(),
         ctx.params["gt_field"],
-        sam2=_common.param(ctx, "sam2", _common.engine_default(refseg.build_memory_bank, "sam2")),
-        dinov2=_common.param(ctx, "dinov2", _common.engine_default(refseg.build_memory_bank, "dinov2")),
-        pretrained=_common.pretrained(ctx),
-        device=_common.device_of(ctx),
+        sam2=_forms.param(ctx, "sam2", _forms.engine_default(refseg.build_memory_bank, "sam2")),
+        dinov2=_forms.param(ctx, "dinov2", _forms.engine_default(refseg.build_memory_bank, "dinov2")),
+        pretrained=_forms.pretrained(ctx),
+        device=_forms.device_of(ctx),
         tag=tag,
         config=config,
-        batch_size=int(_common.param(ctx, "batch_size", _common.engine_default(refseg.build_memory_bank, "batch_size"))),
+        batch_size=int(_forms.param(ctx, "batch_size", _forms.engine_default(refseg.build_memory_bank, "batch_size"))),
         name=ctx.params["name"],
         overwrite=bool(ctx.params.get("overwrite", False)),
         cache=_common.MODEL_CACHE.get(),

@@ -5,21 +5,16 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 
 
 class Evaluate(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="evaluate",
-            label="refseg: evaluate",
-            description="COCO bbox and segm AP of predictions against ground truth",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
-            execute_as_generator=True,
+        return _common.operator_config(
+            "evaluate", "refseg: evaluate",
+            "COCO bbox and segm AP of predictions against ground truth",
+            delegation="default",
         )
 
     def __call__(
@@ -54,7 +49,7 @@ class Evaluate(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Evaluate")
+        return _forms.form(inputs, "Evaluate")
 
     def execute(self, ctx):
         return _common.run_job(
@@ -70,24 +65,24 @@ class Evaluate(foo.Operator):
         outputs.float("segm_AP", label="Mask AP (IoU .50:.95)")
         outputs.float("bbox_AP", label="Box AP (IoU .50:.95)")
         outputs.str("coco", label="COCO tables", view=types.MarkdownView())
-        return _common.output_form(outputs, "COCO evaluation")
+        return _forms.output_form(outputs, "COCO evaluation")
 
 
 def _inputs(ctx, inputs) -> None:
     import refseg
 
-    view = _common.target_view(ctx, inputs, "Evaluate")
-    gt_field = _common.detections_field(
+    view = _forms.target_view(ctx, inputs, "Evaluate")
+    gt_field = _forms.detections_field(
         ctx, inputs, "gt_field", "Ground truth field", "The Detections field of the truth",
         default="ground_truth",
     )
-    pred_field = _common.detections_field(
+    pred_field = _forms.detections_field(
         ctx, inputs, "pred_field", "Predictions field", "The Detections field to evaluate",
         exclude=(gt_field,),
     )
     if view is None or gt_field is None or pred_field is None:
         return
-    eval_key = _common.new_field_name(
+    eval_key = _forms.new_field_name(
         ctx, inputs, "eval_key", "Evaluation key",
         "Stored under this key; the Model Evaluation panel lists it", default=f"{pred_field}_eval",
     )
@@ -95,27 +90,27 @@ def _inputs(ctx, inputs) -> None:
         inputs.bool("overwrite", default=False, label=f"Replace the evaluation '{eval_key}'",
                     view=types.CheckboxView())
         if not ctx.params.get("overwrite", False):
-            _common.error(inputs, "eval_exists",
+            _forms.error(inputs, "eval_exists",
                           f"Evaluation '{eval_key}' exists: tick 'Replace' or choose another key")
-    use_masks = _common.engine_default(refseg.evaluate, "use_masks")
+    use_masks = _forms.engine_default(refseg.evaluate, "use_masks")
     inputs.bool("use_masks", default=use_masks, label="Match masks",
                 description="The FiftyOne run matches by mask IoU (else box IoU)",
                 view=types.CheckboxView())
-    if _common.param(ctx, "use_masks", use_masks):
+    if _forms.param(ctx, "use_masks", use_masks):
         _check_masks(inputs, view, (gt_field, pred_field))
     labels = sorted(l for l in view.distinct(f"{gt_field}.detections.label") if l)
     inputs.list("classes", types.String(), label="Classes",
                 description="Evaluate only these classes (empty = every class)",
                 view=types.AutocompleteView(choices=[types.Choice(c, label=c) for c in labels]))
-    _common.notice(inputs, "count", f"{len(view)} samples will be evaluated")
-    _common.delegation_notice(ctx, inputs)
+    _forms.notice(inputs, "count", f"{len(view)} samples will be evaluated")
+    _forms.delegation_notice(ctx, inputs)
 
 
 def _check_masks(inputs, view, fields) -> None:
     for field in fields:
-        missing = view.filter_labels(field, _common.no_mask()).count(f"{field}.detections")
+        missing = view.filter_labels(field, _forms.no_mask()).count(f"{field}.detections")
         if missing:
-            _common.error(inputs, f"{field}_masks",
+            _forms.error(inputs, f"{field}_masks",
                           f"{missing} detection(s) of '{field}' have no mask: untick 'Match masks' "
                           "or give them masks (refseg: boxes to masks)")
             return
@@ -132,7 +127,7 @@ def _evaluate(ctx, progress) -> dict:
         ctx.params["gt_field"],
         eval_key=ctx.params["eval_key"],
         classes=ctx.params.get("classes") or None,
-        use_masks=_common.param(ctx, "use_masks", _common.engine_default(refseg.evaluate, "use_masks")),
+        use_masks=_forms.param(ctx, "use_masks", _forms.engine_default(refseg.evaluate, "use_masks")),
         overwrite=bool(ctx.params.get("overwrite", False)),
     )
     progress(1.0, "Evaluation stored")

@@ -7,7 +7,7 @@ from urllib.parse import quote
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 
 ACTIONS = {
     "inspect": "Inspect: classes, shots, models and references",
@@ -20,14 +20,10 @@ ACTIONS = {
 class ManageBanks(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="manage_banks",
-            label="refseg: manage memory banks",
-            description="List, inspect and delete memory banks; add or remove references",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            execute_as_generator=True,
+        return _common.operator_config(
+            "manage_banks", "refseg: manage memory banks",
+            "List, inspect and delete memory banks; add or remove references",
+            delegation="allowed",
         )
 
     def __call__(
@@ -69,7 +65,7 @@ class ManageBanks(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Manage memory banks")
+        return _forms.form(inputs, "Manage memory banks")
 
     def execute(self, ctx):
         effects = None if ctx.params["action"] == "inspect" else lambda r: [ctx.ops.reload_dataset()]
@@ -80,8 +76,8 @@ class ManageBanks(foo.Operator):
             return None
         outputs = types.Object()
         outputs.str("message", label="Result")
-        _common.summary(outputs)
-        return _common.output_form(outputs, "Memory bank")
+        _forms.summary(outputs)
+        return _forms.output_form(outputs, "Memory bank")
 
 
 def _inputs(ctx, inputs) -> None:
@@ -89,8 +85,8 @@ def _inputs(ctx, inputs) -> None:
 
     banks = list_banks(ctx.dataset)
     if banks:
-        _common.notice(inputs, "banks", f"Memory banks of this dataset: {', '.join(banks)}")
-    key = _common.bank_choice(ctx, inputs)
+        _forms.notice(inputs, "banks", f"Memory banks of this dataset: {', '.join(banks)}")
+    key = _forms.bank_choice(ctx, inputs)
     if key is None:
         return
     choices = types.RadioGroup()
@@ -108,16 +104,16 @@ def _inputs(ctx, inputs) -> None:
 
 
 def _add_inputs(ctx, inputs, key) -> None:
-    view = _common.target_view(ctx, inputs, "Take references from", allow_selected_labels=True)
-    gt_field = _common.detections_field(
+    view = _forms.target_view(ctx, inputs, "Take references from", allow_selected_labels=True)
+    gt_field = _forms.detections_field(
         ctx, inputs, "gt_field", "Reference field", "The Detections field of the new references",
         default="ground_truth",
     )
     if view is None or gt_field is None:
         return
-    if _common.bank_models(ctx, inputs, key) is None:
+    if _forms.bank_models(ctx, inputs, key) is None:
         return
-    _common.reference_inputs(ctx, inputs, view, gt_field)
+    _forms.reference_inputs(ctx, inputs, view, gt_field)
 
 
 def _remove_inputs(ctx, inputs, key) -> None:
@@ -135,9 +131,9 @@ def _remove_inputs(ctx, inputs, key) -> None:
     chosen = ctx.params.get("label_ids") or selected
     unknown = sorted(set(chosen) - in_bank)
     if unknown:
-        _common.error(inputs, "unknown_ids", f"Not references of '{key}': {unknown}")
+        _forms.error(inputs, "unknown_ids", f"Not references of '{key}': {unknown}")
     elif set(chosen) == in_bank:
-        _common.error(inputs, "remove_all", "Removing every reference would empty the bank: delete it")
+        _forms.error(inputs, "remove_all", "Removing every reference would empty the bank: delete it")
 
 
 def _run(ctx, progress) -> dict:
@@ -168,9 +164,9 @@ def _add(ctx, bank, progress):
     )
     progress(0.0, "Encoding the new references")
     new = refseg.build_memory_bank(
-        view, gt_field, tag=_common.reference_tag(ctx),
+        view, gt_field, tag=_forms.reference_tag(ctx),
         sam2=ctx.params.get("sam2") or bank.proposer["name"], dinov2=bank.encoder["name"],
-        pretrained=_common.pretrained(ctx, bank), device=_common.device_of(ctx),
+        pretrained=_forms.pretrained(ctx, bank), device=_forms.device_of(ctx),
         config=bank.settings, cache=_common.MODEL_CACHE.get(), progress=False,
     )
     progress(1.0, f"Encoded {len(new.references)} references")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 
 WRITE_EVERY = 8
 """Samples per database write: what an interrupted run can lose and re-does on 'continue'."""
@@ -17,15 +17,10 @@ TUNABLE = ("points_per_side", "score_threshold", "max_detections")
 class Predict(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="predict",
-            label="refseg: predict",
-            description="Segment samples with a memory bank into a label field",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
-            execute_as_generator=True,
+        return _common.operator_config(
+            "predict", "refseg: predict",
+            "Segment samples with a memory bank into a label field",
+            delegation="default",
         )
 
     def __call__(
@@ -71,7 +66,7 @@ class Predict(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Predict")
+        return _forms.form(inputs, "Predict")
 
     def execute(self, ctx):
         return _common.run_job(
@@ -85,16 +80,16 @@ class Predict(foo.Operator):
         outputs.str("label_field", label="Label field")
         outputs.int("num_samples", label="Samples predicted")
         outputs.int("num_detections", label="Detections written")
-        return _common.output_form(outputs, "Predictions written")
+        return _forms.output_form(outputs, "Predictions written")
 
 
 def _inputs(ctx, inputs) -> None:
-    view = _common.target_view(ctx, inputs, "Predict on")
-    key = _common.bank_choice(ctx, inputs)
+    view = _forms.target_view(ctx, inputs, "Predict on")
+    key = _forms.bank_choice(ctx, inputs)
     if key is None:
         return
-    bank = _common.bank_models(ctx, inputs, key)
-    field = _common.new_field_name(
+    bank = _forms.bank_models(ctx, inputs, key)
+    field = _forms.new_field_name(
         ctx, inputs, "label_field", "Label field", "The Detections field to write",
         default=f"{key}_predictions",
     )
@@ -103,7 +98,7 @@ def _inputs(ctx, inputs) -> None:
     if bank is None:
         return
     settings_inputs(inputs)
-    _common.delegation_notice(ctx, inputs)
+    _forms.delegation_notice(ctx, inputs)
 
 
 def settings_inputs(inputs) -> None:
@@ -118,7 +113,7 @@ def settings_inputs(inputs) -> None:
                  label="Score threshold", description="Detections scoring at or below are dropped")
     inputs.int("max_detections", default=defaults.max_detections, min=1,
                label="Max detections", description="The most detections kept per image")
-    inputs.int("batch_size", default=_common.engine_default(refseg.predict, "batch_size"),
+    inputs.int("batch_size", default=_forms.engine_default(refseg.predict, "batch_size"),
                min=1, label="Batch size", description="Images encoded together")
 
 
@@ -132,7 +127,7 @@ def _existing_field_inputs(ctx, inputs, view, field: str) -> None:
     kind = getattr(schema[field], "document_type", None)
     if kind is not fo.Detections:
         held = getattr(kind, "__name__", type(schema[field]).__name__)
-        _common.error(inputs, "field_type",
+        _forms.error(inputs, "field_type",
                       f"Field '{field}' holds {held}, not Detections: choose another field name")
         return
     done = len(view.exists(field))
@@ -144,7 +139,7 @@ def _existing_field_inputs(ctx, inputs, view, field: str) -> None:
     inputs.enum("existing", choices.values(), label=f"Field '{field}' exists", view=choices,
                 description=f"{done} of {len(view)} target samples already have predictions")
     if ctx.params.get("existing") not in ("continue", "overwrite"):
-        _common.error(inputs, "field_exists",
+        _forms.error(inputs, "field_exists",
                       f"Field '{field}' already exists ({done} of {len(view)} samples done): "
                       "choose Continue or Overwrite, or another field name")
 
@@ -171,10 +166,10 @@ def _predict(ctx, progress) -> dict:
     count = refseg.predict(
         view, bank, field,
         config=predict_config(ctx),
-        batch_size=int(_common.param(ctx, "batch_size", _common.engine_default(refseg.predict, "batch_size"))),
-        device=_common.device_of(ctx),
+        batch_size=int(_forms.param(ctx, "batch_size", _forms.engine_default(refseg.predict, "batch_size"))),
+        device=_forms.device_of(ctx),
         sam2=ctx.params.get("sam2"),
-        pretrained=_common.pretrained(ctx, bank),
+        pretrained=_forms.pretrained(ctx, bank),
         num_workers=None if ctx.delegated else 0,
         write_every=WRITE_EVERY,
         overwrite=existing == "overwrite",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 from .predict import predict_config, settings_inputs
 
 MAX_SAMPLES = 4
@@ -18,14 +18,10 @@ FIELD = "refseg_preview"
 class Preview(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="preview",
-            label="refseg: preview a memory bank",
-            description=f"Run a bank on the open sample or up to {MAX_SAMPLES} selected samples",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=False,
-            execute_as_generator=True,
+        return _common.operator_config(
+            "preview", "refseg: preview a memory bank",
+            f"Run a bank on the open sample or up to {MAX_SAMPLES} selected samples",
+            delegation="never",
         )
 
     def __call__(
@@ -60,7 +56,7 @@ class Preview(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Preview a memory bank")
+        return _forms.form(inputs, "Preview a memory bank")
 
     def execute(self, ctx):
         return _common.run_job(
@@ -71,8 +67,8 @@ class Preview(foo.Operator):
         if not ctx.results:
             return None
         outputs = types.Object()
-        _common.summary(outputs)
-        return _common.output_form(outputs, "Preview")
+        _forms.summary(outputs)
+        return _forms.output_form(outputs, "Preview")
 
 
 def _sample_ids(ctx) -> list[str]:
@@ -83,35 +79,35 @@ def _sample_ids(ctx) -> list[str]:
 def _inputs(ctx, inputs) -> None:
     ids = _sample_ids(ctx)
     if not ids:
-        _common.error(inputs, "no_samples",
+        _forms.error(inputs, "no_samples",
                       f"Open a sample, or select 1 to {MAX_SAMPLES} samples, to preview on")
         return
     if len(ids) > MAX_SAMPLES:
-        _common.error(inputs, "too_many",
+        _forms.error(inputs, "too_many",
                       f"{len(ids)} samples are selected; a preview runs on at most {MAX_SAMPLES} "
                       "(use 'refseg: predict' for more)")
         return
-    _common.notice(inputs, "samples", f"Preview on {len(ids)} sample(s)")
-    key = _common.bank_choice(ctx, inputs)
-    if key is None or _common.bank_models(ctx, inputs, key) is None:
+    _forms.notice(inputs, "samples", f"Preview on {len(ids)} sample(s)")
+    key = _forms.bank_choice(ctx, inputs)
+    if key is None or _forms.bank_models(ctx, inputs, key) is None:
         return
-    field = _common.new_field_name(ctx, inputs, "label_field", "Preview field",
+    field = _forms.new_field_name(ctx, inputs, "label_field", "Preview field",
                                    "Replaced on these samples by each preview", default=FIELD)
-    if field in ctx.dataset.get_field_schema() and field not in _common.detections_fields(ctx.dataset):
-        _common.error(inputs, "field_type", f"Field '{field}' is not a Detections field")
+    if field in ctx.dataset.get_field_schema() and field not in _forms.detections_fields(ctx.dataset):
+        _forms.error(inputs, "field_type", f"Field '{field}' is not a Detections field")
     settings_inputs(inputs)
 
 
 def _preview(ctx, progress) -> dict:
     import refseg
 
-    key, field = ctx.params["bank"], _common.param(ctx, "label_field", FIELD)
+    key, field = ctx.params["bank"], _forms.param(ctx, "label_field", FIELD)
     bank = refseg.load_bank(ctx.dataset, key)
     view = ctx.dataset.select(_sample_ids(ctx), ordered=True)
     progress(0.0, f"Segmenting {len(view)} sample(s)")
     count = refseg.predict(
-        view, bank, field, config=predict_config(ctx), device=_common.device_of(ctx),
-        sam2=ctx.params.get("sam2"), pretrained=_common.pretrained(ctx, bank), num_workers=0,
+        view, bank, field, config=predict_config(ctx), device=_forms.device_of(ctx),
+        sam2=ctx.params.get("sam2"), pretrained=_forms.pretrained(ctx, bank), num_workers=0,
         overwrite=True, cache=_common.MODEL_CACHE.get(),
         progress=lambda done, total: progress(done / total, f"Segmented {done} of {total}"),
     )

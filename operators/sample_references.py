@@ -5,7 +5,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from . import _common
+from . import _common, _forms
 
 SHOTS = 5
 """The form's default K (the paper reports 1, 2, 5, 10 and 30 shots)."""
@@ -17,13 +17,10 @@ SEED = 33
 class SampleReferences(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="sample_references",
-            label="refseg: sample references",
-            description="Choose K reference instances per class (seeded) and tag them",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return _common.operator_config(
+            "sample_references", "refseg: sample references",
+            "Choose K reference instances per class (seeded) and tag them",
+            delegation="allowed", generator=False,
         )
 
     def __call__(
@@ -59,23 +56,23 @@ class SampleReferences(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         _inputs(ctx, inputs)
-        return _common.form(inputs, "Sample references")
+        return _forms.form(inputs, "Sample references")
 
     def execute(self, ctx):
         import refseg
 
-        tag = _common.param(ctx, "tag", refseg.DEFAULT_TAG)
+        tag = _forms.param(ctx, "tag", refseg.DEFAULT_TAG)
         gt_field = ctx.params["gt_field"]
         chosen = refseg.sample_references(
             ctx.target_view(),
             gt_field,
-            shots=int(_common.param(ctx, "shots", SHOTS)),
-            seed=int(_common.param(ctx, "seed", SEED)),
+            shots=int(_forms.param(ctx, "shots", SHOTS)),
+            seed=int(_forms.param(ctx, "seed", SEED)),
             classes=ctx.params.get("classes") or None,
             tag=tag,
             replace=bool(ctx.params.get("replace", False)),
         )
-        tagged = chosen.filter_labels(gt_field, _common.has_tag(tag))
+        tagged = chosen.filter_labels(gt_field, _forms.has_tag(tag))
         per_class = tagged.count_values(f"{gt_field}.detections.label")
         if not ctx.delegated:
             ctx.ops.reload_dataset()
@@ -93,15 +90,15 @@ class SampleReferences(foo.Operator):
         outputs = types.Object()
         outputs.int("num_references", label="References tagged")
         outputs.int("num_samples", label="Samples holding them")
-        _common.summary(outputs)
-        return _common.output_form(outputs, "References")
+        _forms.summary(outputs)
+        return _forms.output_form(outputs, "References")
 
 
 def _inputs(ctx, inputs) -> None:
     import refseg
 
-    view = _common.target_view(ctx, inputs, "Sample references from")
-    gt_field = _common.detections_field(
+    view = _forms.target_view(ctx, inputs, "Sample references from")
+    gt_field = _forms.detections_field(
         ctx, inputs, "gt_field", "Ground truth field",
         "The Detections field whose instances can become references", default="ground_truth",
     )
@@ -110,7 +107,7 @@ def _inputs(ctx, inputs) -> None:
     counts = view.count_values(f"{gt_field}.detections.label")
     counts.pop(None, None)
     if not counts:
-        _common.error(inputs, "no_labels", f"The view has no labelled instances in '{gt_field}'")
+        _forms.error(inputs, "no_labels", f"The view has no labelled instances in '{gt_field}'")
         return
     inputs.list(
         "classes", types.String(), label="Classes",
@@ -121,7 +118,7 @@ def _inputs(ctx, inputs) -> None:
                description="References per class")
     inputs.int("seed", default=SEED, label="Seed",
                description="The seed of the choice; the same seed gives the same references")
-    tag = _common.tag_input(ctx, inputs, default=refseg.DEFAULT_TAG)
+    tag = _forms.tag_input(ctx, inputs, default=refseg.DEFAULT_TAG)
     in_use = ctx.dataset.count_label_tags(label_fields=gt_field).get(tag, 0) if tag else 0
     if in_use:
         inputs.bool(
@@ -130,13 +127,13 @@ def _inputs(ctx, inputs) -> None:
             view=types.CheckboxView(),
         )
         if not ctx.params.get("replace", False):
-            _common.error(
+            _forms.error(
                 inputs, "tag_in_use",
                 f"{in_use} label(s) of '{gt_field}' already carry the tag '{tag}': tick "
                 "'Replace' or choose another tag",
             )
     classes = ctx.params.get("classes") or sorted(counts)
-    _common.notice(
+    _forms.notice(
         inputs, "counts",
         "Instances per class: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in classes),
     )

@@ -15,6 +15,7 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 import pytest  # noqa: E402
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_fiftyone_database():
     """Yields, then drops this run's database (only if a test connected to it)."""
