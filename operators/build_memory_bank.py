@@ -155,7 +155,7 @@ def _build(ctx, progress) -> dict:
         name=ctx.params["name"],
         overwrite=bool(ctx.params.get("overwrite", False)),
         cache=_common.MODEL_CACHE.get(),
-        progress=False,
+        progress=lambda done, total: progress(done / total, f"Encoded {done}/{total} references"),
     )
     progress(1.0, f"Stored memory bank '{ctx.params['name']}'")
     return {

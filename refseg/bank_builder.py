@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable
 
 import fiftyone as fo
 import numpy as np
@@ -48,7 +49,7 @@ def build_memory_bank(
     encoder: FeatureEncoder | None = None,
     proposer: MaskProposer | None = None,
     cache: ModelCache | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
 ) -> MemoryBank:
     """Encodes the reference labels of a view into a memory bank.
 
@@ -69,7 +70,8 @@ def build_memory_bank(
         overwrite: allow replacing a stored bank of the same name.
         encoder, proposer: ready components instead of building them from the names.
         cache: a ModelCache to reuse loaded models.
-        progress: show a progress bar.
+        progress: True shows a progress bar; a callable receives ``(done, total)`` references
+            after each batch.
 
     Returns:
         The MemoryBank (class names sorted).
@@ -96,13 +98,15 @@ def build_memory_bank(
         )
     dataset_name = reference_view._dataset.name
     records, prototypes = [], []
-    bar = tqdm(total=len(labels), desc="Encoding references", disable=not progress)
+    bar = tqdm(total=len(labels), desc="Encoding references", disable=progress is not True)
     for batch in chunked(_prepare(labels, encoder, proposer, config, dataset_name), batch_size):
         batch_prototypes, weight_sums = encode_crops(encoder, [p.crop for p in batch], config)
         _check_weights(batch, weight_sums, config)
         records.extend(p.record for p in batch)
         prototypes.append(batch_prototypes.numpy())
         bar.update(len(batch))
+        if callable(progress):
+            progress(len(records), len(labels))
     bar.close()
     bank = _assemble(records, np.concatenate(prototypes), encoder, proposer, sam2, config)
     if name is not None:

@@ -55,6 +55,16 @@ def test_pipeline_scores_high_ap_and_ignores_negatives(shapes, bank_and_targets)
     )
 
 
+def test_build_reports_progress_per_batch(shapes):
+    calls = []
+    refseg.build_memory_bank(
+        shapes.match_tags("negative", bool=False), "ground_truth", encoder=PaletteEncoder(),
+        proposer=ShapeProposer(), batch_size=4, progress=lambda done, total: calls.append((done, total)),
+    )
+    total = shapes.match_tags("negative", bool=False).count("ground_truth.detections")
+    assert calls[-1] == (total, total) and len(calls) == -(-total // 4)
+
+
 def test_box_only_references_give_the_same_prototypes(shapes, bank_and_targets):
     bank, _ = bank_and_targets
     references = shapes.match_labels(tags=refseg.DEFAULT_TAG, fields="ground_truth").clone()
