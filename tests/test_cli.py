@@ -31,8 +31,10 @@ def test_run_refuses_an_unknown_dataset(capsys):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*random weights")
-def test_smoke_run_goes_end_to_end(capsys, dataset_name):
+def test_smoke_run_goes_end_to_end(capsys, dataset_name, tmp_path, monkeypatch):
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path))  # the demo's images
     assert main(["demo", "--smoke", "--dataset", dataset_name]) == 0
+    assert len(list((tmp_path / dataset_name).glob("*.png"))) == 6
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Average Precision" in out
     dataset = fo.load_dataset(dataset_name)
