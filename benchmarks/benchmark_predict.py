@@ -30,12 +30,12 @@ import uuid
 
 os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"refseg-bench-{uuid.uuid4().hex[:8]}")
 
+import fiftyone as fo  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import fiftyone as fo  # noqa: E402
 import refseg  # noqa: E402
 from refseg.compare import agreement  # noqa: E402
 from refseg.models import ModelCache, build_encoder, build_proposer  # noqa: E402
@@ -97,8 +97,16 @@ def run_path(name, view, bank, config, batch_size, num_workers, models, device) 
     with PeakMemory(device) as memory:
         start = time.perf_counter()
         refseg.predict(
-            view, bank, field, config=config, batch_size=batch_size, num_workers=num_workers,
-            overwrite=True, progress=False, timer=timer, **models,
+            view,
+            bank,
+            field,
+            config=config,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            overwrite=True,
+            progress=False,
+            timer=timer,
+            **models,
         )
         wall = time.perf_counter() - start
     images = len(view)
@@ -120,9 +128,18 @@ def to_predictions(sample, field: str, class_names: tuple[str, ...]) -> Predicti
     """A stored Detections field back as Predictions (for comparing paths)."""
     width, height = sample.metadata.width, sample.metadata.height
     detections = sample[field].detections
-    boxes = np.array([[d.bounding_box[0] * width, d.bounding_box[1] * height,
-                       (d.bounding_box[0] + d.bounding_box[2]) * width,
-                       (d.bounding_box[1] + d.bounding_box[3]) * height] for d in detections], np.float32)
+    boxes = np.array(
+        [
+            [
+                d.bounding_box[0] * width,
+                d.bounding_box[1] * height,
+                (d.bounding_box[0] + d.bounding_box[2]) * width,
+                (d.bounding_box[1] + d.bounding_box[3]) * height,
+            ]
+            for d in detections
+        ],
+        np.float32,
+    )
     return Predictions(
         boxes=np.round(boxes).reshape(-1, 4),
         masks=tuple(d.mask for d in detections),
@@ -147,8 +164,13 @@ def compare(view, reference: dict, fast: dict, class_names) -> dict:
         total_fast += result.total_b
         min_iou = min(min_iou, result.min_mask_iou)
         max_diff = max(max_diff, result.max_score_diff)
-    return {"matched": matched, "reference_detections": total_ref, "fast_detections": total_fast,
-            "min_mask_iou": min_iou, "max_score_diff": max_diff}
+    return {
+        "matched": matched,
+        "reference_detections": total_ref,
+        "fast_detections": total_fast,
+        "min_mask_iou": min_iou,
+        "max_score_diff": max_diff,
+    }
 
 
 def main() -> int:
@@ -157,32 +179,85 @@ def main() -> int:
     random_weights = args.sam2_checkpoint is None and args.dinov2_checkpoint is None
     workdir = tempfile.mkdtemp(prefix="refseg-bench-")
     cache = ModelCache()
-    proposer = build_proposer(args.sam2, checkpoint=args.sam2_checkpoint, pretrained=not random_weights, device=device, cache=cache)
-    encoder = build_encoder(args.dinov2, checkpoint=args.dinov2_checkpoint, pretrained=not random_weights, device=device, cache=cache)
+    proposer = build_proposer(
+        args.sam2,
+        checkpoint=args.sam2_checkpoint,
+        pretrained=not random_weights,
+        device=device,
+        cache=cache,
+    )
+    encoder = build_encoder(
+        args.dinov2,
+        checkpoint=args.dinov2_checkpoint,
+        pretrained=not random_weights,
+        device=device,
+        cache=cache,
+    )
     models = {"proposer": proposer, "encoder": encoder}
-    references = make_shapes_dataset(f"bench-refs-{uuid.uuid4().hex[:6]}", os.path.join(workdir, "refs"), num_positive=6, num_negative=0)
+    references = make_shapes_dataset(
+        f"bench-refs-{uuid.uuid4().hex[:6]}",
+        os.path.join(workdir, "refs"),
+        num_positive=6,
+        num_negative=0,
+    )
     tagged = refseg.sample_references(references, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(tagged, "ground_truth", tag=refseg.DEFAULT_TAG, progress=False, **models)
+    bank = refseg.build_memory_bank(
+        tagged, "ground_truth", tag=refseg.DEFAULT_TAG, progress=False, **models
+    )
 
-    results = {"machine": machine(device), "models": {"sam2": args.sam2, "dinov2": args.dinov2,
-               "random_weights": random_weights}, "points_per_side": args.points_per_side, "runs": {}}
+    results = {
+        "machine": machine(device),
+        "models": {"sam2": args.sam2, "dinov2": args.dinov2, "random_weights": random_weights},
+        "points_per_side": args.points_per_side,
+        "runs": {},
+    }
     sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
-    reference_config = dataclasses.replace(refseg.PAPER_PREDICT, points_per_side=args.points_per_side, legacy_coco_box=False,
-                                           points_batch_size=min(256, args.points_per_side ** 2))
+    reference_config = dataclasses.replace(
+        refseg.PAPER_PREDICT,
+        points_per_side=args.points_per_side,
+        legacy_coco_box=False,
+        points_batch_size=min(256, args.points_per_side**2),
+    )
     # large prompt batches pay on GPUs; on a CPU they only raise peak memory
-    fast_config = dataclasses.replace(refseg.FAST_PREDICT, points_per_side=args.points_per_side,
-                                      points_batch_size=1024 if device.type == "cuda" else 64)
+    fast_config = dataclasses.replace(
+        refseg.FAST_PREDICT,
+        points_per_side=args.points_per_side,
+        points_batch_size=1024 if device.type == "cuda" else 64,
+    )
     for width, height, count in sizes:
         dataset = fo.Dataset(f"bench-{width}x{height}-{uuid.uuid4().hex[:6]}")
-        dataset.add_samples([fo.Sample(filepath=p) for p in target_images(workdir, count, width, height, seed=1)])
+        dataset.add_samples(
+            [fo.Sample(filepath=p) for p in target_images(workdir, count, width, height, seed=1)]
+        )
         dataset.compute_metadata()
         warmup = dataset.limit(1)
-        refseg.predict(warmup, bank, "bench_warmup", config=fast_config, num_workers=0, progress=False, **models)
+        refseg.predict(
+            warmup,
+            bank,
+            "bench_warmup",
+            config=fast_config,
+            num_workers=0,
+            progress=False,
+            **models,
+        )
         reference = run_path("reference", dataset, bank, reference_config, 1, 0, models, device)
-        fast = run_path("fast", dataset, bank, fast_config, min(args.batch_size, count), args.num_workers, models, device)
+        fast = run_path(
+            "fast",
+            dataset,
+            bank,
+            fast_config,
+            min(args.batch_size, count),
+            args.num_workers,
+            models,
+            device,
+        )
         key = f"{width}x{height}"
-        results["runs"][key] = {"reference": reference, "fast": fast, "speedup": fast["images_per_s"] / reference["images_per_s"],
-                                "agreement": compare(dataset, reference, fast, bank.class_names)}
+        results["runs"][key] = {
+            "reference": reference,
+            "fast": fast,
+            "speedup": fast["images_per_s"] / reference["images_per_s"],
+            "agreement": compare(dataset, reference, fast, bank.class_names),
+        }
         report(key, results["runs"][key])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
@@ -194,19 +269,34 @@ def main() -> int:
 
 def report(key: str, run: dict) -> None:
     print(f"\n== {key} images")
-    stages = sorted(set(run["reference"]["stage_ms_per_image"]) | set(run["fast"]["stage_ms_per_image"]))
+    stages = sorted(
+        set(run["reference"]["stage_ms_per_image"]) | set(run["fast"]["stage_ms_per_image"])
+    )
     print(f"{'':24s}{'reference':>12s}{'fast':>12s}")
-    for name in ("images_per_s", "ms_per_image", "share_outside_models", "peak_host_mb", "peak_device_mb"):
+    for name in (
+        "images_per_s",
+        "ms_per_image",
+        "share_outside_models",
+        "peak_host_mb",
+        "peak_device_mb",
+    ):
         print(f"{name:24s}{run['reference'][name]:12.3f}{run['fast'][name]:12.3f}")
     for stage in stages:
-        print(f"  {stage + ' ms':22s}{run['reference']['stage_ms_per_image'].get(stage, 0):12.1f}"
-              f"{run['fast']['stage_ms_per_image'].get(stage, 0):12.1f}")
+        print(
+            f"  {stage + ' ms':22s}{run['reference']['stage_ms_per_image'].get(stage, 0):12.1f}"
+            f"{run['fast']['stage_ms_per_image'].get(stage, 0):12.1f}"
+        )
     print(f"speed-up {run['speedup']:.2f}x; agreement {run['agreement']}")
 
 
 def machine(device: torch.device) -> dict:
-    info = {"device": str(device), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0]}
+    info = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -222,11 +312,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sam2-checkpoint", default=None)
     parser.add_argument("--dinov2-checkpoint", default=None)
     parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4, help="images per batch on the fast path")
-    parser.add_argument("--num-workers", type=int, default=1, help="decoding workers on the fast path")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="images per batch on the fast path"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=1, help="decoding workers on the fast path"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--large", action="store_true", help="also one 4000x3000 (12 MP) image")
-    parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/<device>.json)")
+    parser.add_argument(
+        "--out", default=None, help="JSON results (default benchmarks/results/<device>.json)"
+    )
     args = parser.parse_args()
     if args.out is None:
         name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

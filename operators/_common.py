@@ -187,5 +187,3 @@ def show_results(ctx, operator: foo.Operator, results: dict) -> Iterator[Any]:
     outputs = operator.resolve_output(ctx)
     if outputs is not None:
         yield ctx.ops.show_output(outputs.to_json(), results)
-
-

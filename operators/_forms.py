@@ -55,9 +55,7 @@ def target_view(
     Returns:
         The chosen samples, or None (and an error in the form) when there are none.
     """
-    inputs.view_target(
-        ctx, action_description=action, allow_selected_labels=allow_selected_labels
-    )
+    inputs.view_target(ctx, action_description=action, allow_selected_labels=allow_selected_labels)
     view = ctx.target_view()
     if len(view) == 0:
         error(inputs, "empty_view", "There are no samples to process: the chosen view is empty")
@@ -93,8 +91,13 @@ def detections_field(
         choices.add_choice(field, label=field)
     default = default if default in fields else fields[0]
     inputs.enum(
-        name, choices.values(), default=default, required=True, label=label,
-        description=description, view=choices,
+        name,
+        choices.values(),
+        default=default,
+        required=True,
+        label=label,
+        description=description,
+        view=choices,
     )
     value = ctx.params.get(name, default)
     return value if value in fields else None
@@ -121,7 +124,9 @@ def new_field_name(
     inputs.str(name, default=default, required=True, label=label, description=description)
     value = ctx.params.get(name, default) or ""
     if not value.isidentifier():
-        error(inputs, f"{name}_invalid", f"'{value}' is not a valid field name (letters, digits, _)")
+        error(
+            inputs, f"{name}_invalid", f"'{value}' is not a valid field name (letters, digits, _)"
+        )
         return None
     return value
 
@@ -154,10 +159,14 @@ def reference_inputs(ctx, inputs: types.Object, view, gt_field: str):
 
     tagged_count = view.count_label_tags(label_fields=gt_field).get(refseg.DEFAULT_TAG, 0)
     choices = types.RadioGroup()
-    choices.add_choice("tagged", label="Tagged references",
-                       description="Labels carrying the reference tag")
-    choices.add_choice("all", label="Every label",
-                       description="Every label of the field in the chosen samples / labels")
+    choices.add_choice(
+        "tagged", label="Tagged references", description="Labels carrying the reference tag"
+    )
+    choices.add_choice(
+        "all",
+        label="Every label",
+        description="Every label of the field in the chosen samples / labels",
+    )
     default = "tagged" if tagged_count else "all"
     inputs.enum("source", choices.values(), default=default, label="References", view=choices)
     tag = None
@@ -169,9 +178,12 @@ def reference_inputs(ctx, inputs: types.Object, view, gt_field: str):
     count = view.count(f"{gt_field}.detections")
     if count == 0:
         where = f"tagged '{tag}' " if tag else ""
-        error(inputs, "no_references",
-              f"No labels {where}in '{gt_field}' of the chosen samples: run 'Sample "
-              "references' or choose other labels")
+        error(
+            inputs,
+            "no_references",
+            f"No labels {where}in '{gt_field}' of the chosen samples: run 'Sample "
+            "references' or choose other labels",
+        )
         return None
     boxes_only = view.filter_labels(gt_field, no_mask()).count(f"{gt_field}.detections")
     per_class = view.count_values(f"{gt_field}.detections.label")
@@ -198,7 +210,8 @@ def bank_choice(ctx, inputs: types.Object, name: str = "bank") -> str | None:
     banks = list_banks(ctx.dataset)
     if not banks:
         error(
-            inputs, f"{name}_missing",
+            inputs,
+            f"{name}_missing",
             "This dataset has no memory bank yet: run 'Build memory bank' first",
         )
         return None
@@ -206,8 +219,13 @@ def bank_choice(ctx, inputs: types.Object, name: str = "bank") -> str | None:
     for key in banks:
         choices.add_choice(key, label=key)
     inputs.enum(
-        name, choices.values(), default=banks[-1], required=True, label="Memory bank",
-        description="A memory bank stored with this dataset", view=choices,
+        name,
+        choices.values(),
+        default=banks[-1],
+        required=True,
+        label="Memory bank",
+        description="A memory bank stored with this dataset",
+        view=choices,
     )
     value = ctx.params.get(name, banks[-1])
     return value if value in banks else None
@@ -229,24 +247,35 @@ def bank_models(ctx, inputs: types.Object, key: str):
     encoder, weights = bank.encoder.get("name"), bank.encoder.get("weights")
     notice(inputs, f"{key}_info", f"Bank '{key}': {shots}; DINOv2 {encoder} ({weights})")
     if encoder not in DINOV2_MODELS:
-        error(inputs, "bank_models",
-              f"Bank '{key}' was built with the encoder {encoder!r}, which this plugin cannot "
-              f"load (it loads {', '.join(DINOV2_MODELS)}); rebuild it with one of them")
+        error(
+            inputs,
+            "bank_models",
+            f"Bank '{key}' was built with the encoder {encoder!r}, which this plugin cannot "
+            f"load (it loads {', '.join(DINOV2_MODELS)}); rebuild it with one of them",
+        )
         return None
     choices = types.DropdownView()
     for model in SAM2_MODELS:
         choices.add_choice(model, label=model)
     default_sam2 = bank.proposer.get("name")
     default_sam2 = default_sam2 if default_sam2 in SAM2_MODELS else None
-    inputs.enum("sam2", choices.values(), default=default_sam2,
-                label="SAM2 model", description="Proposes the masks (default: the bank's)",
-                view=choices)
+    inputs.enum(
+        "sam2",
+        choices.values(),
+        default=default_sam2,
+        label="SAM2 model",
+        description="Proposes the masks (default: the bank's)",
+        view=choices,
+    )
     weights_inputs(ctx, inputs, default_random=weights == RANDOM_WEIGHTS)
     if (weights == RANDOM_WEIGHTS) != param(ctx, "random_weights", weights == RANDOM_WEIGHTS):
         built = "random weights" if weights == RANDOM_WEIGHTS else f"the weights {weights}"
-        error(inputs, "bank_weights",
-              f"Bank '{key}' was built with {built}: the encoder must be the same, so "
-              f"{'tick' if weights == RANDOM_WEIGHTS else 'untick'} '{RANDOM_WEIGHTS_LABEL}'")
+        error(
+            inputs,
+            "bank_weights",
+            f"Bank '{key}' was built with {built}: the encoder must be the same, so "
+            f"{'tick' if weights == RANDOM_WEIGHTS else 'untick'} '{RANDOM_WEIGHTS_LABEL}'",
+        )
         return None
     return bank
 
@@ -266,8 +295,12 @@ def model_inputs(ctx, inputs: types.Object, *, sam2: bool = True, dinov2: bool =
         for model in names:
             choices.add_choice(model, label=model)
         inputs.enum(
-            key, choices.values(), default=engine_default(build_memory_bank, key),
-            label=label, description=description, view=choices,
+            key,
+            choices.values(),
+            default=engine_default(build_memory_bank, key),
+            label=label,
+            description=description,
+            view=choices,
         )
     weights_inputs(ctx, inputs)
 
@@ -275,7 +308,9 @@ def model_inputs(ctx, inputs: types.Object, *, sam2: bool = True, dinov2: bool =
 def weights_inputs(ctx, inputs: types.Object, *, default_random: bool = False) -> None:
     """The random-weights switch and the device choice."""
     inputs.bool(
-        "random_weights", default=default_random, label=RANDOM_WEIGHTS_LABEL,
+        "random_weights",
+        default=default_random,
+        label=RANDOM_WEIGHTS_LABEL,
         description="Build the models with seeded random weights instead of loading the "
         "official checkpoints: results are meaningless; for trying the plugin without weights",
         view=types.CheckboxView(),
@@ -284,8 +319,12 @@ def weights_inputs(ctx, inputs: types.Object, *, default_random: bool = False) -
     for device in devices():
         choices.add_choice(device, label=device)
     inputs.enum(
-        "device", choices.values(), default="auto", label="Device",
-        description="Where the models run; auto = CUDA when available, else CPU", view=choices,
+        "device",
+        choices.values(),
+        default="auto",
+        label="Device",
+        description="Where the models run; auto = CUDA when available, else CPU",
+        view=choices,
     )
 
 
@@ -313,7 +352,8 @@ def delegation_notice(ctx, inputs: types.Object) -> None:
     """Says how to run a queued operation when the user picks delegated execution."""
     if ctx.requesting_delegated_execution:
         notice(
-            inputs, "delegation_notice",
+            inputs,
+            "delegation_notice",
             "This run will be queued; start a worker with `fiftyone delegated launch`",
         )
 

@@ -12,7 +12,8 @@ class BoxesToMasks(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "boxes_to_masks", "refseg: boxes to masks",
+            "boxes_to_masks",
+            "refseg: boxes to masks",
             "Make masks for box-only labels with SAM2 box prompts",
             delegation="default",
         )
@@ -41,9 +42,14 @@ class BoxesToMasks(foo.Operator):
             boxes_to_masks(dataset, "ground_truth", output_field="gt_masks", delegate=True)
         """
         params = dict(
-            gt_field=gt_field, write="new_field" if output_field else "in_place",
-            output_field=output_field, tag=tag, source="all" if all_labels else "tagged",
-            sam2=sam2, random_weights=random_weights, device=device,
+            gt_field=gt_field,
+            write="new_field" if output_field else "in_place",
+            output_field=output_field,
+            tag=tag,
+            source="all" if all_labels else "tagged",
+            sam2=sam2,
+            random_weights=random_weights,
+            device=device,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -56,7 +62,9 @@ class BoxesToMasks(foo.Operator):
 
     def execute(self, ctx):
         return _common.run_job(
-            ctx, self, lambda progress: _fill(ctx, progress),
+            ctx,
+            self,
+            lambda progress: _fill(ctx, progress),
             lambda results: [ctx.ops.reload_dataset()],
         )
 
@@ -72,7 +80,11 @@ class BoxesToMasks(foo.Operator):
 def _inputs(ctx, inputs) -> None:
     view = _forms.target_view(ctx, inputs, "Make masks in", allow_selected_labels=True)
     gt_field = _forms.detections_field(
-        ctx, inputs, "gt_field", "Label field", "The Detections field with box-only labels",
+        ctx,
+        inputs,
+        "gt_field",
+        "Label field",
+        "The Detections field with box-only labels",
         default="ground_truth",
     )
     if view is None or gt_field is None:
@@ -85,13 +97,21 @@ def _inputs(ctx, inputs) -> None:
         return
     choices = types.RadioGroup()
     choices.add_choice("in_place", label="In place", description=f"Set the masks on '{gt_field}'")
-    choices.add_choice("new_field", label="New field",
-                       description=f"Write a copy of '{gt_field}' with the masks filled")
+    choices.add_choice(
+        "new_field",
+        label="New field",
+        description=f"Write a copy of '{gt_field}' with the masks filled",
+    )
     inputs.enum("write", choices.values(), default="in_place", label="Write", view=choices)
     if _forms.param(ctx, "write", "in_place") == "new_field":
-        field = _forms.new_field_name(ctx, inputs, "output_field", "New field",
-                                       "Created as a copy of the label field",
-                                       default=f"{gt_field}_masks")
+        field = _forms.new_field_name(
+            ctx,
+            inputs,
+            "output_field",
+            "New field",
+            "Created as a copy of the label field",
+            default=f"{gt_field}_masks",
+        )
         if field is not None and field in ctx.dataset.get_field_schema():
             _forms.error(inputs, "field_exists", f"Field '{field}' exists: choose another name")
     _forms.model_inputs(ctx, inputs, dinov2=False)
@@ -115,7 +135,8 @@ def _fill(ctx, progress) -> dict:
     progress(0.0, "Loading SAM2")
     proposer = build_proposer(
         _forms.param(ctx, "sam2", _forms.engine_default(refseg.build_memory_bank, "sam2")),
-        pretrained=_forms.pretrained(ctx), device=_forms.device_of(ctx),
+        pretrained=_forms.pretrained(ctx),
+        device=_forms.device_of(ctx),
         cache=_common.MODEL_CACHE.get(),
     )
     masks = {}
@@ -141,7 +162,9 @@ def _image_masks(proposer, filepath, labels) -> dict:
     width, height = labels[0].image_size
     boxes = [absolute_box(label.detection, width, height) for label in labels]
     result = {}
-    for label, (x, y, w, h), full in zip(labels, boxes, masks_from_boxes(proposer, filepath, boxes)):
+    for label, (x, y, w, h), full in zip(
+        labels, boxes, masks_from_boxes(proposer, filepath, boxes)
+    ):
         x0, y0 = int(round(x)), int(round(y))
         x1, y1 = max(x0 + 1, int(round(x + w))), max(y0 + 1, int(round(y + h)))
         result[label.detection.id] = full[y0:y1, x0:x1]

@@ -12,7 +12,8 @@ class BuildMemoryBank(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "build_memory_bank", "refseg: build memory bank",
+            "build_memory_bank",
+            "refseg: build memory bank",
             "Encode reference labels with DINOv2 into a named memory bank",
             delegation="default",
         )
@@ -50,9 +51,17 @@ class BuildMemoryBank(foo.Operator):
             build(dataset, "ground_truth", "my_bank", dinov2="dinov2_vitl14", delegate=True)
         """
         params = dict(
-            gt_field=gt_field, name=name, tag=tag, source="all" if all_labels else "tagged",
-            sam2=sam2, dinov2=dinov2, random_weights=random_weights, device=device,
-            context_ratio=context_ratio, mask_downsample=mask_downsample, batch_size=batch_size,
+            gt_field=gt_field,
+            name=name,
+            tag=tag,
+            source="all" if all_labels else "tagged",
+            sam2=sam2,
+            dinov2=dinov2,
+            random_weights=random_weights,
+            device=device,
+            context_ratio=context_ratio,
+            mask_downsample=mask_downsample,
+            batch_size=batch_size,
             overwrite=overwrite,
         )
         request = {}
@@ -60,8 +69,12 @@ class BuildMemoryBank(foo.Operator):
             request = dict(selected_labels=selected_labels)
             params["view_target"] = "SELECTED_LABELS"
         return _common.call_operator(
-            self, sample_collection, params, delegate=delegate,
-            delegation_target=delegation_target, **request,
+            self,
+            sample_collection,
+            params,
+            delegate=delegate,
+            delegation_target=delegation_target,
+            **request,
         )
 
     def resolve_input(self, ctx):
@@ -86,11 +99,13 @@ def _inputs(ctx, inputs) -> None:
     import refseg
     from refseg.config import ReferenceConfig
 
-    view = _forms.target_view(
-        ctx, inputs, "Take reference labels from", allow_selected_labels=True
-    )
+    view = _forms.target_view(ctx, inputs, "Take reference labels from", allow_selected_labels=True)
     gt_field = _forms.detections_field(
-        ctx, inputs, "gt_field", "Reference field", "The Detections field of the references",
+        ctx,
+        inputs,
+        "gt_field",
+        "Reference field",
+        "The Detections field of the references",
         default="ground_truth",
     )
     if view is None or gt_field is None:
@@ -100,33 +115,62 @@ def _inputs(ctx, inputs) -> None:
     _name_input(ctx, inputs)
     _forms.model_inputs(ctx, inputs)
     defaults = ReferenceConfig()
-    inputs.float("context_ratio", default=defaults.context_ratio, min=0.0, label="Context ratio",
-                 description="Context around each reference crop, as a fraction of its box")
+    inputs.float(
+        "context_ratio",
+        default=defaults.context_ratio,
+        min=0.0,
+        label="Context ratio",
+        description="Context around each reference crop, as a fraction of its box",
+    )
     choices = types.RadioGroup()
     for mode in ("area", "nearest"):
         choices.add_choice(mode, label=mode)
-    inputs.enum("mask_downsample", choices.values(), default=defaults.mask_downsample,
-                label="Mask downsampling", view=choices,
-                description="area keeps thin objects; nearest is the paper's")
-    inputs.int("batch_size", default=_forms.engine_default(refseg.build_memory_bank, "batch_size"),
-               min=1, label="Batch size", description="Reference crops encoded together")
+    inputs.enum(
+        "mask_downsample",
+        choices.values(),
+        default=defaults.mask_downsample,
+        label="Mask downsampling",
+        view=choices,
+        description="area keeps thin objects; nearest is the paper's",
+    )
+    inputs.int(
+        "batch_size",
+        default=_forms.engine_default(refseg.build_memory_bank, "batch_size"),
+        min=1,
+        label="Batch size",
+        description="Reference crops encoded together",
+    )
     _forms.delegation_notice(ctx, inputs)
 
 
 def _name_input(ctx, inputs) -> None:
     from refseg import list_banks
 
-    inputs.str("name", default="bank", required=True, label="Bank name",
-               description="Stored with the dataset under this name (letters, digits, _)")
+    inputs.str(
+        "name",
+        default="bank",
+        required=True,
+        label="Bank name",
+        description="Stored with the dataset under this name (letters, digits, _)",
+    )
     name = ctx.params.get("name", "bank") or ""
     if not name.isidentifier():
-        _forms.error(inputs, "name_invalid", f"'{name}' is not a valid bank name (letters, digits, _)")
+        _forms.error(
+            inputs, "name_invalid", f"'{name}' is not a valid bank name (letters, digits, _)"
+        )
     elif name in list_banks(ctx.dataset):
-        inputs.bool("overwrite", default=False, label=f"Replace the bank '{name}'",
-                    view=types.CheckboxView())
+        inputs.bool(
+            "overwrite",
+            default=False,
+            label=f"Replace the bank '{name}'",
+            view=types.CheckboxView(),
+        )
         if not ctx.params.get("overwrite", False):
-            _forms.error(inputs, "name_taken",
-                          f"A memory bank named '{name}' exists: tick 'Replace' or choose another name")
+            _forms.error(
+                inputs,
+                "name_taken",
+                f"A memory bank named '{name}' exists: tick 'Replace' or choose another name",
+            )
     elif ctx.dataset.has_run(name):
         _forms.error(inputs, "name_taken", f"The dataset has another run named '{name}'")
 
@@ -146,12 +190,18 @@ def _build(ctx, progress) -> dict:
         ctx.target_view(),
         ctx.params["gt_field"],
         sam2=_forms.param(ctx, "sam2", _forms.engine_default(refseg.build_memory_bank, "sam2")),
-        dinov2=_forms.param(ctx, "dinov2", _forms.engine_default(refseg.build_memory_bank, "dinov2")),
+        dinov2=_forms.param(
+            ctx, "dinov2", _forms.engine_default(refseg.build_memory_bank, "dinov2")
+        ),
         pretrained=_forms.pretrained(ctx),
         device=_forms.device_of(ctx),
         tag=tag,
         config=config,
-        batch_size=int(_forms.param(ctx, "batch_size", _forms.engine_default(refseg.build_memory_bank, "batch_size"))),
+        batch_size=int(
+            _forms.param(
+                ctx, "batch_size", _forms.engine_default(refseg.build_memory_bank, "batch_size")
+            )
+        ),
         name=ctx.params["name"],
         overwrite=bool(ctx.params.get("overwrite", False)),
         cache=_common.MODEL_CACHE.get(),
@@ -177,4 +227,3 @@ def bank_summary(bank) -> str:
 
 def _effects(ctx):
     return lambda results: [ctx.ops.reload_dataset()]
-

@@ -12,7 +12,8 @@ class Evaluate(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "evaluate", "refseg: evaluate",
+            "evaluate",
+            "refseg: evaluate",
             "COCO bbox and segm AP of predictions against ground truth",
             delegation="default",
         )
@@ -39,8 +40,12 @@ class Evaluate(foo.Operator):
             evaluate(dataset, "refseg", "ground_truth", "refseg_eval")
         """
         params = dict(
-            pred_field=pred_field, gt_field=gt_field, eval_key=eval_key, classes=classes,
-            use_masks=use_masks, overwrite=overwrite,
+            pred_field=pred_field,
+            gt_field=gt_field,
+            eval_key=eval_key,
+            classes=classes,
+            use_masks=use_masks,
+            overwrite=overwrite,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -53,7 +58,9 @@ class Evaluate(foo.Operator):
 
     def execute(self, ctx):
         return _common.run_job(
-            ctx, self, lambda progress: _evaluate(ctx, progress),
+            ctx,
+            self,
+            lambda progress: _evaluate(ctx, progress),
             lambda results: [ctx.ops.reload_dataset()],
         )
 
@@ -73,35 +80,62 @@ def _inputs(ctx, inputs) -> None:
 
     view = _forms.target_view(ctx, inputs, "Evaluate")
     gt_field = _forms.detections_field(
-        ctx, inputs, "gt_field", "Ground truth field", "The Detections field of the truth",
+        ctx,
+        inputs,
+        "gt_field",
+        "Ground truth field",
+        "The Detections field of the truth",
         default="ground_truth",
     )
     pred_field = _forms.detections_field(
-        ctx, inputs, "pred_field", "Predictions field", "The Detections field to evaluate",
+        ctx,
+        inputs,
+        "pred_field",
+        "Predictions field",
+        "The Detections field to evaluate",
         exclude=(gt_field,),
     )
     if view is None or gt_field is None or pred_field is None:
         return
     eval_key = _forms.new_field_name(
-        ctx, inputs, "eval_key", "Evaluation key",
-        "Stored under this key; the Model Evaluation panel lists it", default=f"{pred_field}_eval",
+        ctx,
+        inputs,
+        "eval_key",
+        "Evaluation key",
+        "Stored under this key; the Model Evaluation panel lists it",
+        default=f"{pred_field}_eval",
     )
     if eval_key is not None and ctx.dataset.has_evaluation(eval_key):
-        inputs.bool("overwrite", default=False, label=f"Replace the evaluation '{eval_key}'",
-                    view=types.CheckboxView())
+        inputs.bool(
+            "overwrite",
+            default=False,
+            label=f"Replace the evaluation '{eval_key}'",
+            view=types.CheckboxView(),
+        )
         if not ctx.params.get("overwrite", False):
-            _forms.error(inputs, "eval_exists",
-                          f"Evaluation '{eval_key}' exists: tick 'Replace' or choose another key")
+            _forms.error(
+                inputs,
+                "eval_exists",
+                f"Evaluation '{eval_key}' exists: tick 'Replace' or choose another key",
+            )
     use_masks = _forms.engine_default(refseg.evaluate, "use_masks")
-    inputs.bool("use_masks", default=use_masks, label="Match masks",
-                description="The FiftyOne run matches by mask IoU (else box IoU)",
-                view=types.CheckboxView())
+    inputs.bool(
+        "use_masks",
+        default=use_masks,
+        label="Match masks",
+        description="The FiftyOne run matches by mask IoU (else box IoU)",
+        view=types.CheckboxView(),
+    )
     if _forms.param(ctx, "use_masks", use_masks):
         _check_masks(inputs, view, (gt_field, pred_field))
     labels = sorted(l for l in view.distinct(f"{gt_field}.detections.label") if l)
-    inputs.list("classes", types.String(), label="Classes",
-                description="Evaluate only these classes (empty = every class)",
-                view=types.AutocompleteView(choices=[types.Choice(c, label=c) for c in labels]))
+    inputs.list(
+        "classes",
+        types.String(),
+        label="Classes",
+        description="Evaluate only these classes (empty = every class)",
+        view=types.AutocompleteView(choices=[types.Choice(c, label=c) for c in labels]),
+    )
     _forms.notice(inputs, "count", f"{len(view)} samples will be evaluated")
     _forms.delegation_notice(ctx, inputs)
 
@@ -110,9 +144,12 @@ def _check_masks(inputs, view, fields) -> None:
     for field in fields:
         missing = view.filter_labels(field, _forms.no_mask()).count(f"{field}.detections")
         if missing:
-            _forms.error(inputs, f"{field}_masks",
-                          f"{missing} detection(s) of '{field}' have no mask: untick 'Match masks' "
-                          "or give them masks (refseg: boxes to masks)")
+            _forms.error(
+                inputs,
+                f"{field}_masks",
+                f"{missing} detection(s) of '{field}' have no mask: untick 'Match masks' "
+                "or give them masks (refseg: boxes to masks)",
+            )
             return
 
 
@@ -127,7 +164,9 @@ def _evaluate(ctx, progress) -> dict:
         ctx.params["gt_field"],
         eval_key=ctx.params["eval_key"],
         classes=ctx.params.get("classes") or None,
-        use_masks=_forms.param(ctx, "use_masks", _forms.engine_default(refseg.evaluate, "use_masks")),
+        use_masks=_forms.param(
+            ctx, "use_masks", _forms.engine_default(refseg.evaluate, "use_masks")
+        ),
         overwrite=bool(ctx.params.get("overwrite", False)),
     )
     progress(1.0, "Evaluation stored")

@@ -21,7 +21,8 @@ class ManageBanks(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "manage_banks", "refseg: manage memory banks",
+            "manage_banks",
+            "refseg: manage memory banks",
             "List, inspect and delete memory banks; add or remove references",
             delegation="allowed",
         )
@@ -54,9 +55,14 @@ class ManageBanks(foo.Operator):
             manage(dataset, "my_bank", "remove", label_ids=["64f..."])
         """
         params = dict(
-            bank=bank, action=action, gt_field=gt_field, tag=tag,
-            source="all" if all_labels else "tagged", label_ids=label_ids,
-            random_weights=random_weights, device=device,
+            bank=bank,
+            action=action,
+            gt_field=gt_field,
+            tag=tag,
+            source="all" if all_labels else "tagged",
+            label_ids=label_ids,
+            random_weights=random_weights,
+            device=device,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -68,7 +74,9 @@ class ManageBanks(foo.Operator):
         return _forms.form(inputs, "Manage memory banks")
 
     def execute(self, ctx):
-        effects = None if ctx.params["action"] == "inspect" else lambda r: [ctx.ops.reload_dataset()]
+        effects = (
+            None if ctx.params["action"] == "inspect" else lambda r: [ctx.ops.reload_dataset()]
+        )
         return _common.run_job(ctx, self, lambda progress: _run(ctx, progress), effects)
 
     def resolve_output(self, ctx):
@@ -92,8 +100,9 @@ def _inputs(ctx, inputs) -> None:
     choices = types.RadioGroup()
     for action, label in ACTIONS.items():
         choices.add_choice(action, label=label)
-    inputs.enum("action", choices.values(), default="inspect", required=True, label="Action",
-                view=choices)
+    inputs.enum(
+        "action", choices.values(), default="inspect", required=True, label="Action", view=choices
+    )
     action = ctx.params.get("action", "inspect")
     if action == "add":
         _add_inputs(ctx, inputs, key)
@@ -106,7 +115,11 @@ def _inputs(ctx, inputs) -> None:
 def _add_inputs(ctx, inputs, key) -> None:
     view = _forms.target_view(ctx, inputs, "Take references from", allow_selected_labels=True)
     gt_field = _forms.detections_field(
-        ctx, inputs, "gt_field", "Reference field", "The Detections field of the new references",
+        ctx,
+        inputs,
+        "gt_field",
+        "Reference field",
+        "The Detections field of the new references",
         default="ground_truth",
     )
     if view is None or gt_field is None:
@@ -124,16 +137,26 @@ def _remove_inputs(ctx, inputs, key) -> None:
     selected = [s["label_id"] for s in ctx.selected_labels if s["label_id"] in in_bank]
     choices = types.AutocompleteView()
     for r in references:
-        choices.add_choice(r.label_id, label=f"{r.label}: {r.filepath.rsplit('/', 1)[-1]} ({r.label_id})")
-    inputs.list("label_ids", types.String(), default=selected or None, required=True,
-                label="References to remove", view=choices,
-                description="Defaults to the references selected in the App")
+        choices.add_choice(
+            r.label_id, label=f"{r.label}: {r.filepath.rsplit('/', 1)[-1]} ({r.label_id})"
+        )
+    inputs.list(
+        "label_ids",
+        types.String(),
+        default=selected or None,
+        required=True,
+        label="References to remove",
+        view=choices,
+        description="Defaults to the references selected in the App",
+    )
     chosen = ctx.params.get("label_ids") or selected
     unknown = sorted(set(chosen) - in_bank)
     if unknown:
         _forms.error(inputs, "unknown_ids", f"Not references of '{key}': {unknown}")
     elif set(chosen) == in_bank:
-        _forms.error(inputs, "remove_all", "Removing every reference would empty the bank: delete it")
+        _forms.error(
+            inputs, "remove_all", "Removing every reference would empty the bank: delete it"
+        )
 
 
 def _run(ctx, progress) -> dict:
@@ -164,10 +187,16 @@ def _add(ctx, bank, progress):
     )
     progress(0.0, "Encoding the new references")
     new = refseg.build_memory_bank(
-        view, gt_field, tag=_forms.reference_tag(ctx),
-        sam2=ctx.params.get("sam2") or bank.proposer["name"], dinov2=bank.encoder["name"],
-        pretrained=_forms.pretrained(ctx, bank), device=_forms.device_of(ctx),
-        config=bank.settings, cache=_common.MODEL_CACHE.get(), progress=False,
+        view,
+        gt_field,
+        tag=_forms.reference_tag(ctx),
+        sam2=ctx.params.get("sam2") or bank.proposer["name"],
+        dinov2=bank.encoder["name"],
+        pretrained=_forms.pretrained(ctx, bank),
+        device=_forms.device_of(ctx),
+        config=bank.settings,
+        cache=_common.MODEL_CACHE.get(),
+        progress=False,
     )
     progress(1.0, f"Encoded {len(new.references)} references")
     return bank.with_references(new)

@@ -18,7 +18,8 @@ class Predict(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "predict", "refseg: predict",
+            "predict",
+            "refseg: predict",
             "Segment samples with a memory bank into a label field",
             delegation="default",
         )
@@ -54,9 +55,15 @@ class Predict(foo.Operator):
         """
         existing = "overwrite" if overwrite else "continue" if resume else None
         params = dict(
-            bank=bank, label_field=label_field, points_per_side=points_per_side,
-            score_threshold=score_threshold, max_detections=max_detections,
-            batch_size=batch_size, sam2=sam2, random_weights=random_weights, device=device,
+            bank=bank,
+            label_field=label_field,
+            points_per_side=points_per_side,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            batch_size=batch_size,
+            sam2=sam2,
+            random_weights=random_weights,
+            device=device,
             existing=existing,
         )
         return _common.call_operator(
@@ -90,7 +97,11 @@ def _inputs(ctx, inputs) -> None:
         return
     bank = _forms.bank_models(ctx, inputs, key)
     field = _forms.new_field_name(
-        ctx, inputs, "label_field", "Label field", "The Detections field to write",
+        ctx,
+        inputs,
+        "label_field",
+        "Label field",
+        "The Detections field to write",
         default=f"{key}_predictions",
     )
     if field is not None and view is not None:
@@ -107,14 +118,33 @@ def settings_inputs(inputs) -> None:
     from refseg.config import PredictConfig
 
     defaults = PredictConfig()
-    inputs.int("points_per_side", default=defaults.points_per_side, min=1,
-               label="Points per side", description="Prompt grid density (points_per_side²)")
-    inputs.float("score_threshold", default=defaults.score_threshold,
-                 label="Score threshold", description="Detections scoring at or below are dropped")
-    inputs.int("max_detections", default=defaults.max_detections, min=1,
-               label="Max detections", description="The most detections kept per image")
-    inputs.int("batch_size", default=_forms.engine_default(refseg.predict, "batch_size"),
-               min=1, label="Batch size", description="Images encoded together")
+    inputs.int(
+        "points_per_side",
+        default=defaults.points_per_side,
+        min=1,
+        label="Points per side",
+        description="Prompt grid density (points_per_side²)",
+    )
+    inputs.float(
+        "score_threshold",
+        default=defaults.score_threshold,
+        label="Score threshold",
+        description="Detections scoring at or below are dropped",
+    )
+    inputs.int(
+        "max_detections",
+        default=defaults.max_detections,
+        min=1,
+        label="Max detections",
+        description="The most detections kept per image",
+    )
+    inputs.int(
+        "batch_size",
+        default=_forms.engine_default(refseg.predict, "batch_size"),
+        min=1,
+        label="Batch size",
+        description="Images encoded together",
+    )
 
 
 def _existing_field_inputs(ctx, inputs, view, field: str) -> None:
@@ -127,21 +157,36 @@ def _existing_field_inputs(ctx, inputs, view, field: str) -> None:
     kind = getattr(schema[field], "document_type", None)
     if kind is not fo.Detections:
         held = getattr(kind, "__name__", type(schema[field]).__name__)
-        _forms.error(inputs, "field_type",
-                      f"Field '{field}' holds {held}, not Detections: choose another field name")
+        _forms.error(
+            inputs,
+            "field_type",
+            f"Field '{field}' holds {held}, not Detections: choose another field name",
+        )
         return
     done = len(view.exists(field))
     choices = types.RadioGroup()
-    choices.add_choice("continue", label="Continue",
-                       description="Predict only the samples without a value (resume a run)")
-    choices.add_choice("overwrite", label="Overwrite",
-                       description="Replace the field's values on these samples")
-    inputs.enum("existing", choices.values(), label=f"Field '{field}' exists", view=choices,
-                description=f"{done} of {len(view)} target samples already have predictions")
+    choices.add_choice(
+        "continue",
+        label="Continue",
+        description="Predict only the samples without a value (resume a run)",
+    )
+    choices.add_choice(
+        "overwrite", label="Overwrite", description="Replace the field's values on these samples"
+    )
+    inputs.enum(
+        "existing",
+        choices.values(),
+        label=f"Field '{field}' exists",
+        view=choices,
+        description=f"{done} of {len(view)} target samples already have predictions",
+    )
     if ctx.params.get("existing") not in ("continue", "overwrite"):
-        _forms.error(inputs, "field_exists",
-                      f"Field '{field}' already exists ({done} of {len(view)} samples done): "
-                      "choose Continue or Overwrite, or another field name")
+        _forms.error(
+            inputs,
+            "field_exists",
+            f"Field '{field}' already exists ({done} of {len(view)} samples done): "
+            "choose Continue or Overwrite, or another field name",
+        )
 
 
 def predict_config(ctx):
@@ -164,9 +209,13 @@ def _predict(ctx, progress) -> dict:
     bank = refseg.load_bank(ctx.dataset, key)
     progress(0.0, f"Loading models; {todo} samples to predict")
     count = refseg.predict(
-        view, bank, field,
+        view,
+        bank,
+        field,
         config=predict_config(ctx),
-        batch_size=int(_forms.param(ctx, "batch_size", _forms.engine_default(refseg.predict, "batch_size"))),
+        batch_size=int(
+            _forms.param(ctx, "batch_size", _forms.engine_default(refseg.predict, "batch_size"))
+        ),
         device=_forms.device_of(ctx),
         sam2=ctx.params.get("sam2"),
         pretrained=_forms.pretrained(ctx, bank),

@@ -19,7 +19,8 @@ class Preview(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "preview", "refseg: preview a memory bank",
+            "preview",
+            "refseg: preview a memory bank",
             f"Run a bank on the open sample or up to {MAX_SAMPLES} selected samples",
             delegation="never",
         )
@@ -47,9 +48,14 @@ class Preview(foo.Operator):
             preview(dataset, "my_bank", [sample.id])
         """
         params = dict(
-            bank=bank, label_field=label_field, points_per_side=points_per_side,
-            score_threshold=score_threshold, max_detections=max_detections, sam2=sam2,
-            random_weights=random_weights, device=device,
+            bank=bank,
+            label_field=label_field,
+            points_per_side=points_per_side,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            sam2=sam2,
+            random_weights=random_weights,
+            device=device,
         )
         return _common.call_operator(self, sample_collection, params, selected=list(sample_ids))
 
@@ -79,21 +85,35 @@ def _sample_ids(ctx) -> list[str]:
 def _inputs(ctx, inputs) -> None:
     ids = _sample_ids(ctx)
     if not ids:
-        _forms.error(inputs, "no_samples",
-                      f"Open a sample, or select 1 to {MAX_SAMPLES} samples, to preview on")
+        _forms.error(
+            inputs,
+            "no_samples",
+            f"Open a sample, or select 1 to {MAX_SAMPLES} samples, to preview on",
+        )
         return
     if len(ids) > MAX_SAMPLES:
-        _forms.error(inputs, "too_many",
-                      f"{len(ids)} samples are selected; a preview runs on at most {MAX_SAMPLES} "
-                      "(use 'refseg: predict' for more)")
+        _forms.error(
+            inputs,
+            "too_many",
+            f"{len(ids)} samples are selected; a preview runs on at most {MAX_SAMPLES} "
+            "(use 'refseg: predict' for more)",
+        )
         return
     _forms.notice(inputs, "samples", f"Preview on {len(ids)} sample(s)")
     key = _forms.bank_choice(ctx, inputs)
     if key is None or _forms.bank_models(ctx, inputs, key) is None:
         return
-    field = _forms.new_field_name(ctx, inputs, "label_field", "Preview field",
-                                   "Replaced on these samples by each preview", default=FIELD)
-    if field in ctx.dataset.get_field_schema() and field not in _forms.detections_fields(ctx.dataset):
+    field = _forms.new_field_name(
+        ctx,
+        inputs,
+        "label_field",
+        "Preview field",
+        "Replaced on these samples by each preview",
+        default=FIELD,
+    )
+    if field in ctx.dataset.get_field_schema() and field not in _forms.detections_fields(
+        ctx.dataset
+    ):
         _forms.error(inputs, "field_type", f"Field '{field}' is not a Detections field")
     settings_inputs(inputs)
 
@@ -106,14 +126,23 @@ def _preview(ctx, progress) -> dict:
     view = ctx.dataset.select(_sample_ids(ctx), ordered=True)
     progress(0.0, f"Segmenting {len(view)} sample(s)")
     count = refseg.predict(
-        view, bank, field, config=predict_config(ctx), device=_forms.device_of(ctx),
-        sam2=ctx.params.get("sam2"), pretrained=_forms.pretrained(ctx, bank), num_workers=0,
-        overwrite=True, cache=_common.MODEL_CACHE.get(),
+        view,
+        bank,
+        field,
+        config=predict_config(ctx),
+        device=_forms.device_of(ctx),
+        sam2=ctx.params.get("sam2"),
+        pretrained=_forms.pretrained(ctx, bank),
+        num_workers=0,
+        overwrite=True,
+        cache=_common.MODEL_CACHE.get(),
         progress=lambda done, total: progress(done / total, f"Segmented {done} of {total}"),
     )
     per_class = view.count_values(f"{field}.detections.label")
     rows = "\n".join(f"| {name} | {n} |" for name, n in sorted(per_class.items()))
-    return {"summary": f"{count} detections in `{field}`\n\n| class | detections |\n|---|---|\n{rows}"}
+    return {
+        "summary": f"{count} detections in `{field}`\n\n| class | detections |\n|---|---|\n{rows}"
+    }
 
 
 def _effects(ctx) -> list:

@@ -18,9 +18,11 @@ class SampleReferences(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "sample_references", "refseg: sample references",
+            "sample_references",
+            "refseg: sample references",
             "Choose K reference instances per class (seeded) and tag them",
-            delegation="allowed", generator=False,
+            delegation="allowed",
+            generator=False,
         )
 
     def __call__(
@@ -99,8 +101,12 @@ def _inputs(ctx, inputs) -> None:
 
     view = _forms.target_view(ctx, inputs, "Sample references from")
     gt_field = _forms.detections_field(
-        ctx, inputs, "gt_field", "Ground truth field",
-        "The Detections field whose instances can become references", default="ground_truth",
+        ctx,
+        inputs,
+        "gt_field",
+        "Ground truth field",
+        "The Detections field whose instances can become references",
+        default="ground_truth",
     )
     if view is None or gt_field is None:
         return
@@ -110,31 +116,40 @@ def _inputs(ctx, inputs) -> None:
         _forms.error(inputs, "no_labels", f"The view has no labelled instances in '{gt_field}'")
         return
     inputs.list(
-        "classes", types.String(), label="Classes",
+        "classes",
+        types.String(),
+        label="Classes",
         description="Classes to sample (empty = every class of the field)",
         view=types.AutocompleteView(choices=[types.Choice(c, label=c) for c in sorted(counts)]),
     )
-    inputs.int("shots", default=SHOTS, min=1, label="Shots (K)",
-               description="References per class")
-    inputs.int("seed", default=SEED, label="Seed",
-               description="The seed of the choice; the same seed gives the same references")
+    inputs.int("shots", default=SHOTS, min=1, label="Shots (K)", description="References per class")
+    inputs.int(
+        "seed",
+        default=SEED,
+        label="Seed",
+        description="The seed of the choice; the same seed gives the same references",
+    )
     tag = _forms.tag_input(ctx, inputs, default=refseg.DEFAULT_TAG)
     in_use = ctx.dataset.count_label_tags(label_fields=gt_field).get(tag, 0) if tag else 0
     if in_use:
         inputs.bool(
-            "replace", default=False, label=f"Replace the {in_use} label(s) tagged '{tag}'",
+            "replace",
+            default=False,
+            label=f"Replace the {in_use} label(s) tagged '{tag}'",
             description="Move the tag from the current references to the new choice",
             view=types.CheckboxView(),
         )
         if not ctx.params.get("replace", False):
             _forms.error(
-                inputs, "tag_in_use",
+                inputs,
+                "tag_in_use",
                 f"{in_use} label(s) of '{gt_field}' already carry the tag '{tag}': tick "
                 "'Replace' or choose another tag",
             )
     classes = ctx.params.get("classes") or sorted(counts)
     _forms.notice(
-        inputs, "counts",
+        inputs,
+        "counts",
         "Instances per class: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in classes),
     )
 

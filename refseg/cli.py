@@ -67,7 +67,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     add("--classes", default=None, help="comma-separated classes (default: all in --gt-field)")
     add("--tag", default="refseg:reference", help="label tag marking the references")
     add("--pred-field", default="refseg", help="field to write the predictions to")
-    add("--bank-name", default="refseg_bank", help="name of the memory bank stored with the dataset")
+    add(
+        "--bank-name", default="refseg_bank", help="name of the memory bank stored with the dataset"
+    )
     add("--sam2", default="sam2.1_hiera_large", help="SAM2 model name")
     add("--dinov2", default="dinov2_vitl14", help="DINOv2 model name")
     add("--sam2-checkpoint", default=None, help="explicit SAM2 weights file")
@@ -77,37 +79,41 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     add("--device", default=None, help="torch device (default: cuda if available)")
     add("--paper", action="store_true", help="paper mode: the published settings exactly")
     add("--overwrite", action="store_true", help="replace an existing prediction field and bank")
-    add("--random-weights", action="store_true", help="random weights (testing only; meaningless results)")
-    add("--smoke", action="store_true", help=(
-        "offline installation check: random weights, SAM2.1 Hiera-T, DINOv2 ViT-S/14, a 4x4 "
-        "prompt grid, a 6-image demo dataset; the numbers it prints mean nothing"))
+    add(
+        "--random-weights",
+        action="store_true",
+        help="random weights (testing only; meaningless results)",
+    )
+    add(
+        "--smoke",
+        action="store_true",
+        help=(
+            "offline installation check: random weights, SAM2.1 Hiera-T, DINOv2 ViT-S/14, a 4x4 "
+            "prompt grid, a 6-image demo dataset; the numbers it prints mean nothing"
+        ),
+    )
 
 
 def _check_weights(args: argparse.Namespace) -> None:
     """Resolves both checkpoints up front and reports every missing file at once."""
-    from refseg.models import WeightsNotFoundError, dinov2_spec, resolve_checkpoint, sam2_spec
+    from refseg.models import require_weights
 
-    problems = []
-    for spec, checkpoint in (
-        (sam2_spec(args.sam2), args.sam2_checkpoint),
-        (dinov2_spec(args.dinov2), args.dinov2_checkpoint),
-    ):
-        try:
-            resolve_checkpoint(spec.filename, spec.url, checkpoint)
-        except WeightsNotFoundError as error:
-            problems.append(str(error))
-    if problems:
-        raise WeightsNotFoundError(
-            "model weights are missing:\n- " + "\n- ".join(problems)
-            + "\nFor an offline check of the installation, add --smoke (random weights)."
-        )
+    require_weights(
+        args.sam2,
+        args.dinov2,
+        sam2_checkpoint=args.sam2_checkpoint,
+        dinov2_checkpoint=args.dinov2_checkpoint,
+        hint="For an offline check of the installation, add --smoke (random weights).",
+    )
 
 
 def _existing_dataset(args: argparse.Namespace):
     import fiftyone as fo
 
     if not fo.dataset_exists(args.dataset):
-        raise ValueError(f"No FiftyOne dataset named {args.dataset!r}; see fiftyone.list_datasets()")
+        raise ValueError(
+            f"No FiftyOne dataset named {args.dataset!r}; see fiftyone.list_datasets()"
+        )
     return fo.load_dataset(args.dataset)
 
 
@@ -123,7 +129,10 @@ def _demo_dataset(args: argparse.Namespace):
     print(f"Creating the demo dataset {args.dataset!r} in {image_dir}")
     args.classes = args.classes or ",".join(CLASSES)
     sizes = (
-        {"num_positive": SMOKE_DATASET["num_positive"], "num_negative": SMOKE_DATASET["num_negative"]}
+        {
+            "num_positive": SMOKE_DATASET["num_positive"],
+            "num_negative": SMOKE_DATASET["num_negative"],
+        }
         if args.smoke
         else {}
     )
@@ -140,31 +149,53 @@ def _run(dataset, args: argparse.Namespace) -> None:
     references = _references(dataset, args, classes)
     cache = ModelCache()
     bank = refseg.build_memory_bank(
-        references, args.gt_field, tag=args.tag, sam2=args.sam2, dinov2=args.dinov2,
-        sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
-        pretrained=not args.random_weights, device=args.device,
+        references,
+        args.gt_field,
+        tag=args.tag,
+        sam2=args.sam2,
+        dinov2=args.dinov2,
+        sam2_checkpoint=args.sam2_checkpoint,
+        dinov2_checkpoint=args.dinov2_checkpoint,
+        pretrained=not args.random_weights,
+        device=args.device,
         config=refseg.PAPER_REFERENCE if args.paper else refseg.ReferenceConfig(),
-        name=args.bank_name, overwrite=args.overwrite, cache=cache,
+        name=args.bank_name,
+        overwrite=args.overwrite,
+        cache=cache,
     )
     print(f"Memory bank {args.bank_name!r}: {bank.shots()}")
     targets = dataset.exclude(references.values("id"))
     refseg.predict(
-        targets, bank, args.pred_field, points_per_side=args.points_per_side,
-        batch_size=args.batch_size, device=args.device, sam2=args.sam2,
-        sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
-        pretrained=not args.random_weights, overwrite=args.overwrite, cache=cache,
+        targets,
+        bank,
+        args.pred_field,
+        points_per_side=args.points_per_side,
+        batch_size=args.batch_size,
+        device=args.device,
+        sam2=args.sam2,
+        sam2_checkpoint=args.sam2_checkpoint,
+        dinov2_checkpoint=args.dinov2_checkpoint,
+        pretrained=not args.random_weights,
+        overwrite=args.overwrite,
+        cache=cache,
         config=refseg.PAPER_PREDICT if args.paper else refseg.PredictConfig(),
     )
     eval_key = f"{args.pred_field}_eval"
     report = refseg.evaluate(
-        targets, args.pred_field, args.gt_field, eval_key=eval_key, classes=bank.class_names,
+        targets,
+        args.pred_field,
+        args.gt_field,
+        eval_key=eval_key,
+        classes=bank.class_names,
         overwrite=args.overwrite,
     )
     if args.random_weights:
         print("RANDOM WEIGHTS: these numbers check the installation, not the method.")
     print(report.table())
-    print(f"Predictions in field {args.pred_field!r} of dataset {dataset.name!r}, evaluation "
-          f"{eval_key!r}; open the App with: fiftyone app launch {dataset.name}")
+    print(
+        f"Predictions in field {args.pred_field!r} of dataset {dataset.name!r}, evaluation "
+        f"{eval_key!r}; open the App with: fiftyone app launch {dataset.name}"
+    )
 
 
 def _references(dataset, args: argparse.Namespace, classes):
@@ -172,8 +203,10 @@ def _references(dataset, args: argparse.Namespace, classes):
 
     tagged = dataset.match_labels(tags=args.tag, fields=args.gt_field)
     if len(tagged):
-        print(f"Reusing the {tagged.count_label_tags(args.gt_field)[args.tag]} references tagged "
-              f"{args.tag!r}")
+        print(
+            f"Reusing the {tagged.count_label_tags(args.gt_field)[args.tag]} references tagged "
+            f"{args.tag!r}"
+        )
         return tagged
     return refseg.sample_references(
         dataset, args.gt_field, shots=args.shots, seed=args.seed, classes=classes, tag=args.tag

@@ -32,7 +32,9 @@ def to_detections(predictions: Predictions) -> fo.Detections:
     return fo.Detections(detections=detections)
 
 
-def check_label_field(view: fo.core.collections.SampleCollection, field: str, overwrite: bool) -> None:
+def check_label_field(
+    view: fo.core.collections.SampleCollection, field: str, overwrite: bool
+) -> None:
     """Refuses to write into an existing field unless ``overwrite``; refuses a non-Detections one."""
     schema = view._dataset.get_field_schema()
     if field not in schema:
@@ -65,7 +67,9 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
     ``dataset.list_runs()`` show it; its results hold the bank file itself.
     """
     if not key.isidentifier():
-        raise ValueError(f"Bank name {key!r} must be a valid Python identifier (letters, digits, _)")
+        raise ValueError(
+            f"Bank name {key!r} must be a valid Python identifier (letters, digits, _)"
+        )
     if dataset.has_run(key) and not overwrite:
         raise ValueError(
             f"Dataset {dataset.name!r} already has a run named {key!r}; choose another name or "

@@ -49,7 +49,7 @@ class TargetImages(torch.utils.data.Dataset):
 
 
 def collate_targets(
-    items: list[tuple[int, torch.Tensor, tuple[int, int]]]
+    items: list[tuple[int, torch.Tensor, tuple[int, int]]],
 ) -> tuple[list[int], torch.Tensor, list[tuple[int, int]]]:
     """Stacks items of :class:`TargetImages` into (indices, (B, 3, S, S) images, sizes)."""
     indices, images, sizes = zip(*items)

@@ -75,7 +75,9 @@ class MemoryBank:
                 f"MemoryBank: expected prototypes of shape ({r}, D), got {self.prototypes.shape}"
             )
         if self.labels.shape != (r,):
-            raise ValueError(f"MemoryBank: expected labels of shape ({r},), got {self.labels.shape}")
+            raise ValueError(
+                f"MemoryBank: expected labels of shape ({r},), got {self.labels.shape}"
+            )
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"MemoryBank: duplicate class names in {list(self.class_names)}")
         counts = np.bincount(self.labels, minlength=len(self.class_names))
@@ -136,7 +138,8 @@ class MemoryBank:
         if duplicate:
             raise ValueError(f"References already in the bank: {sorted(duplicate)}")
         return self._from_records(
-            list(zip(self.references, self.prototypes)) + list(zip(other.references, other.prototypes))
+            list(zip(self.references, self.prototypes))
+            + list(zip(other.references, other.prototypes))
         )
 
     def without_references(self, label_ids: Iterable[str]) -> "MemoryBank":
@@ -151,7 +154,9 @@ class MemoryBank:
         unknown = remove - {r.label_id for r in self.references}
         if unknown:
             raise ValueError(f"Label ids not in this memory bank: {sorted(unknown)}")
-        kept = [(r, p) for r, p in zip(self.references, self.prototypes) if r.label_id not in remove]
+        kept = [
+            (r, p) for r, p in zip(self.references, self.prototypes) if r.label_id not in remove
+        ]
         if not kept:
             raise ValueError("Removing these references would leave the memory bank empty")
         return self._from_records(kept)
@@ -202,7 +207,9 @@ class MemoryBank:
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"{source} is not a refseg memory bank: {error}") from error
         if header.get("format") != FORMAT:
-            raise ValueError(f"{source} is not a refseg memory bank (format {header.get('format')!r})")
+            raise ValueError(
+                f"{source} is not a refseg memory bank (format {header.get('format')!r})"
+            )
         if header.get("version") != FORMAT_VERSION:
             raise ValueError(
                 f"{source} has memory bank format version {header.get('version')}; this refseg "

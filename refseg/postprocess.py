@@ -61,13 +61,16 @@ def full_resolution_masks(
     crops: list[np.ndarray] = []
     boxes = []
     for start in range(0, logits.shape[0], chunk):
-        masks = F.interpolate(
-            logits[start : start + chunk].float().unsqueeze(1),
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        ).squeeze(1) > 0
+        masks = (
+            F.interpolate(
+                logits[start : start + chunk].float().unsqueeze(1),
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            ).squeeze(1)
+            > 0
+        )
         chunk_boxes = masks_to_boxes(masks, exclusive_max=True).long()
         for mask, (x1, y1, x2, y2) in zip(masks, chunk_boxes.tolist()):
             crops.append(mask[y1:y2, x1:x2].cpu().numpy())

@@ -96,12 +96,18 @@ def predict(
         config = dataclasses.replace(config, points_per_side=points_per_side)
     cache = cache or ModelCache()
     encoder = encoder or build_encoder(
-        bank.encoder["name"], checkpoint=dinov2_checkpoint, pretrained=pretrained,
-        device=device, cache=cache,
+        bank.encoder["name"],
+        checkpoint=dinov2_checkpoint,
+        pretrained=pretrained,
+        device=device,
+        cache=cache,
     )
     proposer = proposer or build_proposer(
-        sam2 or bank.proposer["name"], checkpoint=sam2_checkpoint, pretrained=pretrained,
-        device=device, cache=cache,
+        sam2 or bank.proposer["name"],
+        checkpoint=sam2_checkpoint,
+        pretrained=pretrained,
+        device=device,
+        cache=cache,
     )
     segmenter = Segmenter(proposer, encoder, bank, config, timer)
     return _run(segmenter, target_view, label_field, batch_size, num_workers, write_every, progress)

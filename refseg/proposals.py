@@ -52,9 +52,7 @@ def prompt_batches(config: PredictConfig, image_size: int) -> list[torch.Tensor]
     return batches
 
 
-def propose(
-    proposer: MaskProposer, embedding: Any, config: PredictConfig
-) -> Proposals:
+def propose(proposer: MaskProposer, embedding: Any, config: PredictConfig) -> Proposals:
     """Decodes the prompt grid on one image and keeps the confident masks.
 
     For each prompt the decoder gives M candidate masks; the one with the highest predicted IoU
@@ -80,9 +78,7 @@ def propose(
     return Proposals(torch.cat(logits), torch.cat(ious))
 
 
-def best_of_multimask(
-    logits: torch.Tensor, iou: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def best_of_multimask(logits: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per prompt, the candidate mask with the highest predicted IoU.
 
     Args:
@@ -95,4 +91,3 @@ def best_of_multimask(
     best = iou.argmax(dim=1)
     rows = torch.arange(iou.shape[0], device=iou.device)
     return logits[rows, best], iou[rows, best]
-

@@ -70,7 +70,10 @@ def masks_from_boxes(
     )
     xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32)
     logits, _ = proposer.decode_boxes(embedding, (xyxy * scale).to(proposer.device))
-    masks = F.interpolate(
-        logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
-    )[:, 0] > 0
+    masks = (
+        F.interpolate(
+            logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
+        )[:, 0]
+        > 0
+    )
     return list(masks.cpu().numpy())

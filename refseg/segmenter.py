@@ -100,9 +100,7 @@ class Segmenter:
             B :class:`Predictions`, empty where no candidate survives.
         """
         if images.shape[0] != len(image_sizes):
-            raise ValueError(
-                f"Got {images.shape[0]} images but {len(image_sizes)} image sizes"
-            )
+            raise ValueError(f"Got {images.shape[0]} images but {len(image_sizes)} image sizes")
         with self.timer("sam2_encoder"), self._autocast(self.proposer.device):
             embeddings = self.proposer.encode_images(images.to(self.proposer.device))
         with self.timer("dinov2_encoder"), self._autocast(self.encoder.device):
@@ -149,7 +147,9 @@ class Segmenter:
         logits = proposals.logits.to(features.device)
         object_features = mask_features(logits > 0, features)
         scores, labels = class_scores(object_features, self.class_prototypes)
-        return Candidates(logits, proposals.iou.to(features.device), object_features, scores, labels)
+        return Candidates(
+            logits, proposals.iou.to(features.device), object_features, scores, labels
+        )
 
     def _suppress(self, candidates: Candidates) -> Candidates:
         """Class-aware NMS ranked by predicted IoU, the cap, then the score threshold."""
@@ -176,7 +176,9 @@ class Segmenter:
             features = candidates.features.float().cpu().numpy()[non_empty]
             decay = semantic_decay(crops, boxes[non_empty], labels, features)
             scores = apply_decay(
-                candidates.scores.float().cpu().numpy()[non_empty], decay, self.config.merge_exponent
+                candidates.scores.float().cpu().numpy()[non_empty],
+                decay,
+                self.config.merge_exponent,
             )
             best = top_k(scores, self.config.max_detections)
         return self._predictions(
@@ -189,7 +191,9 @@ class Segmenter:
         """The fast path: the soft merge on the low-resolution masks, then only the top-k
         detections are upsampled (a final mask empty at full resolution is dropped)."""
         with self.timer("merge"):
-            decay = semantic_decay_dense(candidates.logits > 0, candidates.labels, candidates.features)
+            decay = semantic_decay_dense(
+                candidates.logits > 0, candidates.labels, candidates.features
+            )
             scores = candidates.scores * (1.0 - decay).pow(self.config.merge_exponent)
             best = torch.argsort(scores, descending=True, stable=True)[: self.config.max_detections]
         with self.timer("mask_upsampling"):

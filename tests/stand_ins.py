@@ -95,7 +95,9 @@ class PaletteEncoder:
         self.dim = dim
         self.device = torch.device("cpu")
         self.palette = torch.tensor(list(PALETTE.values()), dtype=torch.float32)
-        rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(0)))
+        rotation, _ = torch.linalg.qr(
+            torch.randn(dim, dim, generator=torch.Generator().manual_seed(0))
+        )
         self.projection = rotation[: len(PALETTE)]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

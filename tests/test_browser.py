@@ -38,12 +38,24 @@ ARTIFACTS = REPO / "test-results" / "browser"
 DOC_IMAGES = REPO / "docs" / "images"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
 ]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-DOC_SHOTS = {"01_operator_browser", "04_build_form", "06_build_result", "07_predict_form",
-             "09_predictions", "11_evaluate_result"}
+DOC_SHOTS = {
+    "01_operator_browser",
+    "04_build_form",
+    "06_build_result",
+    "07_predict_form",
+    "09_predictions",
+    "11_evaluate_result",
+}
 """The screenshots README.md shows."""
 
 SECOND = 1000  # Playwright timeouts are in milliseconds
@@ -60,8 +72,10 @@ def _ensure_chromium() -> None:
     if os.path.exists(CHROMIUM):
         return
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        _unavailable(f"{CHROMIUM} is missing and cannot be installed here (needs apt-get as "
-                     "root); install Debian's chromium package")
+        _unavailable(
+            f"{CHROMIUM} is missing and cannot be installed here (needs apt-get as "
+            "root); install Debian's chromium package"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -73,10 +87,16 @@ def _ensure_playwright():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "playwright"],
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "playwright"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if done.returncode:
-            _unavailable(f"playwright is missing and pip could not install it: {done.stderr[-500:]}")
+            _unavailable(
+                f"playwright is missing and pip could not install it: {done.stderr[-500:]}"
+            )
         from playwright.sync_api import sync_playwright
     return sync_playwright
 
@@ -95,8 +115,14 @@ def dataset(tmp_path_factory):
     from refseg.synthetic import make_shapes_dataset
 
     name = f"browser-{tmp_path_factory.getbasetemp().name}"
-    ds = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=3,
-                             num_negative=1, seed=5, persistent=True)
+    ds = make_shapes_dataset(
+        name,
+        str(tmp_path_factory.mktemp("images")),
+        num_positive=3,
+        num_negative=1,
+        seed=5,
+        persistent=True,
+    )
     yield ds
     ds.delete()
 
@@ -116,9 +142,19 @@ def app_url(dataset, tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
-         "--address", "127.0.0.1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "fiftyone.server.main",
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -136,8 +172,9 @@ def app_url(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(sync_playwright, app_url):
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.set_default_timeout(60 * SECOND)
         page.goto(app_url, timeout=180 * SECOND)
@@ -306,7 +343,9 @@ def _wait_for_http(url: str, server: subprocess.Popen, timeout_s: float) -> None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the App server exited ({server.returncode}); see {ARTIFACTS}/server.log")
+            raise RuntimeError(
+                f"the App server exited ({server.returncode}); see {ARTIFACTS}/server.log"
+            )
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:

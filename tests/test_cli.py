@@ -38,7 +38,9 @@ def test_smoke_run_goes_end_to_end(capsys, dataset_name, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "Average Precision" in out
     dataset = fo.load_dataset(dataset_name)
-    assert dataset.count("refseg") == len(dataset) - len(dataset.match_labels(tags="refseg:reference"))
+    assert dataset.count("refseg") == len(dataset) - len(
+        dataset.match_labels(tags="refseg:reference")
+    )
     assert "refseg_eval" in dataset.list_evaluations() and "refseg_bank" in dataset.list_runs()
     # a second run reuses the tagged references and refuses to overwrite without --overwrite
     assert main(["demo", "--smoke", "--dataset", dataset_name]) == 2

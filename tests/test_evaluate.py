@@ -102,8 +102,11 @@ def reference_stats(gt: list[list[Obj]], preds: list[list[Obj]]) -> dict[str, np
     stats = {}
     for iou_type in ("bbox", "segm"):
         # as detectron2 does: box results for bbox, mask results (no box) for segm
-        geometry = (lambda m: {"bbox": tight_box(m)}) if iou_type == "bbox" else (
-            lambda m: {"segmentation": rle(m)})
+        geometry = (
+            (lambda m: {"bbox": tight_box(m)})
+            if iou_type == "bbox"
+            else (lambda m: {"segmentation": rle(m)})
+        )
         results = [
             {"image_id": i, "category_id": cat[o.label], "score": o.score, **geometry(o.mask)}
             for i, objs in enumerate(preds, start=1) for o in objs

@@ -20,13 +20,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*random weig
 @pytest.fixture(scope="module")
 def models_and_bank(tmp_path_factory):
     name = f"fast-path-{tmp_path_factory.getbasetemp().name}"
-    dataset = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=6, num_negative=1, seed=7)
+    dataset = make_shapes_dataset(
+        name, str(tmp_path_factory.mktemp("images")), num_positive=6, num_negative=1, seed=7
+    )
     cache = ModelCache()
     proposer = build_proposer("sam2.1_hiera_tiny", pretrained=False, device="cpu", cache=cache)
     encoder = build_encoder("dinov2_vits14", pretrained=False, device="cpu", cache=cache)
     references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(references, "ground_truth", tag=refseg.DEFAULT_TAG,
-                                    encoder=encoder, proposer=proposer, progress=False)
+    bank = refseg.build_memory_bank(
+        references,
+        "ground_truth",
+        tag=refseg.DEFAULT_TAG,
+        encoder=encoder,
+        proposer=proposer,
+        progress=False,
+    )
     paths = dataset.exclude(references.values("id")).limit(3).values("filepath")
     yield proposer, encoder, bank, paths
     dataset.delete()
@@ -35,13 +43,20 @@ def models_and_bank(tmp_path_factory):
 def test_fast_path_gives_the_reference_detections(models_and_bank):
     proposer, encoder, bank, paths = models_and_bank
     grid = dict(points_per_side=8, max_detections=100)
-    reference = refseg.Segmenter(proposer, encoder, bank, dataclasses.replace(PAPER_PREDICT, legacy_coco_box=False, points_batch_size=32, **grid))
+    reference = refseg.Segmenter(
+        proposer,
+        encoder,
+        bank,
+        dataclasses.replace(PAPER_PREDICT, legacy_coco_box=False, points_batch_size=32, **grid),
+    )
     fast = refseg.Segmenter(proposer, encoder, bank, dataclasses.replace(FAST_PREDICT, **grid))
     # the reference path: one image at a time, prompts in batches of 32, full-resolution merge
     loaded = [load_image(p, proposer.image_size) for p in paths]
     images = torch.stack([image for image, _ in loaded])
     sizes = [size for _, size in loaded]
-    one_at_a_time = [reference.segment_batch(images[i : i + 1], sizes[i : i + 1])[0] for i in range(len(paths))]
+    one_at_a_time = [
+        reference.segment_batch(images[i : i + 1], sizes[i : i + 1])[0] for i in range(len(paths))
+    ]
     batched = fast.segment_batch(images, sizes)
     total = 0
     for ref, fst in zip(one_at_a_time, batched):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 
+import fiftyone as fo
 import numpy as np
 import pytest
 
-import fiftyone as fo
 from refseg.config import ReferenceConfig
 from refseg.fiftyone_io import list_banks, load_bank, save_bank
 from refseg.memory import MemoryBank, ReferenceRecord
@@ -19,7 +19,9 @@ def make_bank(shots=(2, 1), dim=4, seed=0, prefix="l") -> MemoryBank:
     names = ("cat", "dog") if len(shots) == 2 else tuple(f"class{i}" for i in range(len(shots)))
     labels = np.repeat(np.arange(len(shots)), shots)
     references = tuple(
-        ReferenceRecord("ds", f"s{i}", f"{prefix}{i}", names[c], f"/img/{i}.png", (1.0, 2.0, 30.0, 40.0))
+        ReferenceRecord(
+            "ds", f"s{i}", f"{prefix}{i}", names[c], f"/img/{i}.png", (1.0, 2.0, 30.0, 40.0)
+        )
         for i, c in enumerate(labels)
     )
     return MemoryBank(
@@ -41,7 +43,10 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.labels, bank.labels)
     assert loaded.references == bank.references
     assert (loaded.class_names, loaded.encoder, loaded.proposer, loaded.settings) == (
-        bank.class_names, bank.encoder, bank.proposer, bank.settings,
+        bank.class_names,
+        bank.encoder,
+        bank.proposer,
+        bank.settings,
     )
 
 
@@ -87,8 +92,12 @@ def test_load_refuses_pickled_content(tmp_path):
 def test_validation_names_the_problem(change, message):
     bank = make_bank()
     fields = dict(
-        class_names=bank.class_names, prototypes=bank.prototypes, labels=bank.labels,
-        references=bank.references, encoder=bank.encoder, proposer=bank.proposer,
+        class_names=bank.class_names,
+        prototypes=bank.prototypes,
+        labels=bank.labels,
+        references=bank.references,
+        encoder=bank.encoder,
+        proposer=bank.proposer,
     )
     with pytest.raises(ValueError, match=message):
         MemoryBank(**{**fields, **change})

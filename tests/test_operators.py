@@ -15,11 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
+import numpy as np
+import pytest
 from fiftyone import ViewField as F
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
@@ -51,8 +50,9 @@ def plugin_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     name = f"operators-{tmp_path_factory.getbasetemp().name}"
-    ds = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=5,
-                             num_negative=1, seed=5)
+    ds = make_shapes_dataset(
+        name, str(tmp_path_factory.mktemp("images")), num_positive=5, num_negative=1, seed=5
+    )
     ds.add_sample_field("weather", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
     yield ds
     ds.delete()
@@ -98,10 +98,15 @@ def fake_bank(dataset, key: str, encoder: dict) -> None:
     """A stored bank without encoding anything (for validation tests)."""
     sample = dataset.first()
     det = sample.ground_truth.detections[0]
-    record = ReferenceRecord(dataset.name, sample.id, det.id, det.label, sample.filepath, (0, 0, 1, 1))
+    record = ReferenceRecord(
+        dataset.name, sample.id, det.id, det.label, sample.filepath, (0, 0, 1, 1)
+    )
     bank = MemoryBank(
-        class_names=(det.label,), prototypes=np.ones((1, 384), np.float32),
-        labels=np.zeros(1, np.int64), references=(record,), encoder=encoder,
+        class_names=(det.label,),
+        prototypes=np.ones((1, 384), np.float32),
+        labels=np.zeros(1, np.int64),
+        references=(record,),
+        encoder=encoder,
         proposer={"name": "sam2.1_hiera_tiny"},
     )
     refseg.save_bank(dataset, key, bank, overwrite=True)
@@ -143,8 +148,9 @@ def test_sample_references_immediate_matches_the_sdk(dataset):
 
 
 def test_sample_references_delegated(dataset):
-    result = op("sample_references")(dataset, "ground_truth", shots=1, seed=0, tag="del",
-                                     delegate=True)
+    result = op("sample_references")(
+        dataset, "ground_truth", shots=1, seed=0, tag="del", delegate=True
+    )
     assert not _tagged(dataset, "del")  # queued, not run
     doc = run_queued(result, "sample_references")
     assert doc.result.result["num_references"] == 4
@@ -164,17 +170,27 @@ def _tagged(dataset, tag: str) -> set[str]:
 def test_forms_refuse_bad_input_with_clear_messages(dataset):
     sample_references = op("sample_references")
     sample_references(dataset, "ground_truth", shots=1, seed=1, tag="taken")
-    reject(lambda: sample_references(dataset, "ground_truth", shots=1, seed=1, tag="taken"),
-           "already carry the tag 'taken'")
-    reject(lambda: sample_references(dataset, "weather", shots=1, seed=1),
-           "holds Classification, not Detections")
+    reject(
+        lambda: sample_references(dataset, "ground_truth", shots=1, seed=1, tag="taken"),
+        "already carry the tag 'taken'",
+    )
+    reject(
+        lambda: sample_references(dataset, "weather", shots=1, seed=1),
+        "holds Classification, not Detections",
+    )
     reject(lambda: sample_references(dataset, "missing", shots=1, seed=1), "no field 'missing'")
-    reject(lambda: sample_references(dataset.match_tags("nothing"), "ground_truth", shots=1,
-                                     seed=1), "view is empty")
-    reject(lambda: op("build_memory_bank")(dataset, "ground_truth", "bank", tag="untagged"),
-           "No labels tagged 'untagged'")
-    reject(lambda: op("build_memory_bank")(dataset, "ground_truth", "not a name", tag="taken"),
-           "not a valid bank name")
+    reject(
+        lambda: sample_references(dataset.match_tags("nothing"), "ground_truth", shots=1, seed=1),
+        "view is empty",
+    )
+    reject(
+        lambda: op("build_memory_bank")(dataset, "ground_truth", "bank", tag="untagged"),
+        "No labels tagged 'untagged'",
+    )
+    reject(
+        lambda: op("build_memory_bank")(dataset, "ground_truth", "not a name", tag="taken"),
+        "not a valid bank name",
+    )
 
 
 def test_bank_forms_refuse_banks_this_plugin_cannot_apply(dataset):
@@ -183,13 +199,19 @@ def test_bank_forms_refuse_banks_this_plugin_cannot_apply(dataset):
     fake_bank(dataset, "stand_in_bank", {"name": "palette-encoder", "weights": "dim=16"})
     reject(lambda: predict(dataset, "stand_in_bank", "x"), "cannot load")
     fake_bank(dataset, "random_bank", {"name": "dinov2_vits14", "weights": RANDOM_WEIGHTS})
-    reject(lambda: predict(dataset, "random_bank", "x", random_weights=False),
-           "built with random weights")
+    reject(
+        lambda: predict(dataset, "random_bank", "x", random_weights=False),
+        "built with random weights",
+    )
     reject(lambda: predict(dataset, "random_bank", "weather"), "holds Classification")
     reject(lambda: op("preview")(dataset, "random_bank", []), "Open a sample")
     reject(lambda: op("preview")(dataset, "random_bank", dataset.values("id")), "at most 4")
-    reject(lambda: op("manage_banks")(dataset, "random_bank", "remove",
-                                      label_ids=["000000000000000000000000"]), "Not references")
+    reject(
+        lambda: op("manage_banks")(
+            dataset, "random_bank", "remove", label_ids=["000000000000000000000000"]
+        ),
+        "Not references",
+    )
 
 
 def test_manage_banks_inspect_remove_delete_without_models(dataset):
@@ -209,8 +231,9 @@ def test_manage_banks_inspect_remove_delete_without_models(dataset):
 def bank(dataset):
     """A bank built immediately through the operator from 1 reference per class."""
     op("sample_references")(dataset, "ground_truth", shots=1, seed=0, replace=True)
-    result = op("build_memory_bank")(dataset, "ground_truth", "bank", dinov2="dinov2_vits14",
-                                     **MODELS)
+    result = op("build_memory_bank")(
+        dataset, "ground_truth", "bank", dinov2="dinov2_vits14", **MODELS
+    )
     assert shown(result)["num_references"] == 4
     return refseg.load_bank(dataset, "bank")
 
@@ -223,8 +246,9 @@ def targets(dataset):
 
 @pytest.mark.slow
 def test_build_memory_bank_delegated_equals_immediate(dataset, bank):
-    result = op("build_memory_bank")(dataset, "ground_truth", "bank_delegated",
-                                     dinov2="dinov2_vits14", delegate=True, **MODELS)
+    result = op("build_memory_bank")(
+        dataset, "ground_truth", "bank_delegated", dinov2="dinov2_vits14", delegate=True, **MODELS
+    )
     doc = run_queued(result, "build_memory_bank")
     assert doc.status.progress == 1.0
     delegated = refseg.load_bank(dataset, "bank_delegated")
@@ -233,7 +257,9 @@ def test_build_memory_bank_delegated_equals_immediate(dataset, bank):
 
 
 @pytest.mark.slow
-def test_predict_immediate_then_interrupted_run_resumed_delegated(dataset, bank, targets, monkeypatch):
+def test_predict_immediate_then_interrupted_run_resumed_delegated(
+    dataset, bank, targets, monkeypatch
+):
     result = op("predict")(targets, "bank", "pred", **SETTINGS)
     assert shown(result)["num_samples"] == 2
     assert {"reload_dataset", "set_view"} <= set(triggered(result))
@@ -272,8 +298,10 @@ def test_evaluate_immediate_and_delegated_store_fiftyone_evaluations(dataset, ta
     result = op("evaluate")(targets, "pred", "ground_truth", "pred_eval")
     table = shown(result)["coco"]
     assert "| AP |" in table and "segm" in table
-    doc = run_queued(op("evaluate")(targets, "pred", "ground_truth", "pred_eval_delegated",
-                                    delegate=True), "evaluate")
+    doc = run_queued(
+        op("evaluate")(targets, "pred", "ground_truth", "pred_eval_delegated", delegate=True),
+        "evaluate",
+    )
     assert {"pred_eval", "pred_eval_delegated"} <= set(dataset.list_evaluations())
     assert doc.result.result["segm_AP"] == shown(result)["segm_AP"]
     assert dataset.get_evaluation_info("pred_eval").config.method == "coco"
@@ -296,14 +324,19 @@ def test_preview_writes_the_same_labels_as_predict(dataset, targets):
 def test_manage_banks_add_and_remove_references(dataset, bank):
     manage = op("manage_banks")
     refseg.save_bank(dataset, "growing", bank, overwrite=True)
-    extra = dataset.match_labels(tags=refseg.DEFAULT_TAG, bool=False).match(
-        _has_class("red_square")).limit(1)
-    doc = run_queued(manage(extra, "growing", "add", gt_field="ground_truth", all_labels=True,
-                            delegate=True), "manage_banks")
+    extra = (
+        dataset.match_labels(tags=refseg.DEFAULT_TAG, bool=False)
+        .match(_has_class("red_square"))
+        .limit(1)
+    )
+    doc = run_queued(
+        manage(extra, "growing", "add", gt_field="ground_truth", all_labels=True, delegate=True),
+        "manage_banks",
+    )
     grown = refseg.load_bank(dataset, "growing")
     added = len(grown.references) - len(bank.references)
     assert added >= 1 and doc.status.progress == 1.0
-    new_ids = [r.label_id for r in grown.references[len(bank.references):]]
+    new_ids = [r.label_id for r in grown.references[len(bank.references) :]]
     shown(manage(dataset, "growing", "remove", label_ids=new_ids))
     back = refseg.load_bank(dataset, "growing")
     np.testing.assert_array_equal(back.prototypes, bank.prototypes)
@@ -316,12 +349,28 @@ def test_boxes_to_masks_in_place_and_into_a_new_field(dataset):
     boxes.clone_sample_field("ground_truth", "boxes")
     boxes.set_field("boxes.detections.mask", None).save()
     count = len(sample.ground_truth.detections)
-    result = op("boxes_to_masks")(boxes, "boxes", all_labels=True, output_field="boxes_masks",
-                                  sam2="sam2.1_hiera_tiny", random_weights=True, device="cpu")
+    result = op("boxes_to_masks")(
+        boxes,
+        "boxes",
+        all_labels=True,
+        output_field="boxes_masks",
+        sam2="sam2.1_hiera_tiny",
+        random_weights=True,
+        device="cpu",
+    )
     assert shown(result) == {"num_masks": count, "field": "boxes_masks"}
-    doc = run_queued(op("boxes_to_masks")(boxes, "boxes", all_labels=True, delegate=True,
-                                          sam2="sam2.1_hiera_tiny", random_weights=True,
-                                          device="cpu"), "boxes_to_masks")
+    doc = run_queued(
+        op("boxes_to_masks")(
+            boxes,
+            "boxes",
+            all_labels=True,
+            delegate=True,
+            sam2="sam2.1_hiera_tiny",
+            random_weights=True,
+            device="cpu",
+        ),
+        "boxes_to_masks",
+    )
     assert doc.result.result["num_masks"] == count
     filled = dataset[sample.id]
     for made, copied in zip(filled.boxes.detections, filled.boxes_masks.detections):
@@ -335,8 +384,15 @@ def _has_class(label):
 
 def _signature(detections):
     dets = detections.detections if detections is not None else []
-    return [(d.label, round(d.confidence, 5), tuple(np.round(d.bounding_box, 5)),
-             None if d.mask is None else d.mask.tobytes()) for d in dets]
+    return [
+        (
+            d.label,
+            round(d.confidence, 5),
+            tuple(np.round(d.bounding_box, 5)),
+            None if d.mask is None else d.mask.tobytes(),
+        )
+        for d in dets
+    ]
 
 
 def _plugin_module(name: str):

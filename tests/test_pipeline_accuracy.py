@@ -9,26 +9,32 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stand_ins import PaletteEncoder, ShapeProposer
 
 import refseg
 from refseg.config import PredictConfig
 from refseg.synthetic import CLASSES, make_shapes_dataset
-from stand_ins import PaletteEncoder, ShapeProposer
 
 CONFIG = PredictConfig(points_per_side=16, points_batch_size=100)
 
 
 @pytest.fixture
 def shapes(tmp_path, dataset_name):
-    return make_shapes_dataset(dataset_name, str(tmp_path / "images"), num_positive=14, num_negative=4)
+    return make_shapes_dataset(
+        dataset_name, str(tmp_path / "images"), num_positive=14, num_negative=4
+    )
 
 
 @pytest.fixture
 def bank_and_targets(shapes):
     references = refseg.sample_references(shapes, "ground_truth", shots=2, seed=1, classes=CLASSES)
     bank = refseg.build_memory_bank(
-        references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), progress=False,
+        references,
+        "ground_truth",
+        tag=refseg.DEFAULT_TAG,
+        encoder=PaletteEncoder(),
+        proposer=ShapeProposer(),
+        progress=False,
     )
     targets = shapes.exclude(references.values("id"))
     return bank, targets
@@ -38,15 +44,25 @@ def test_pipeline_scores_high_ap_and_ignores_negatives(shapes, bank_and_targets)
     bank, targets = bank_and_targets
     assert bank.shots() == {name: 2 for name in sorted(CLASSES)}
     written = refseg.predict(
-        targets, bank, "predictions", config=CONFIG, proposer=ShapeProposer(),
-        encoder=PaletteEncoder(), num_workers=0, progress=False,
+        targets,
+        bank,
+        "predictions",
+        config=CONFIG,
+        proposer=ShapeProposer(),
+        encoder=PaletteEncoder(),
+        num_workers=0,
+        progress=False,
     )
     assert written > 0
-    report = refseg.evaluate(targets.match_tags("negative", bool=False), "predictions", "ground_truth")
+    report = refseg.evaluate(
+        targets.match_tags("negative", bool=False), "predictions", "ground_truth"
+    )
     print(report.table())
     assert report.segm["AP"] > 0.9
     assert report.bbox["AP"] > 0.9
-    negative_scores = targets.match_tags("negative").values("predictions.detections.confidence", unwind=True)
+    negative_scores = targets.match_tags("negative").values(
+        "predictions.detections.confidence", unwind=True
+    )
     assert max(negative_scores, default=0.0) < 0.1
     # every target sample got a Detections, empty or not, and the ground truth is untouched
     assert targets.count("predictions") == len(targets)
@@ -58,8 +74,12 @@ def test_pipeline_scores_high_ap_and_ignores_negatives(shapes, bank_and_targets)
 def test_build_reports_progress_per_batch(shapes):
     calls = []
     refseg.build_memory_bank(
-        shapes.match_tags("negative", bool=False), "ground_truth", encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), batch_size=4, progress=lambda done, total: calls.append((done, total)),
+        shapes.match_tags("negative", bool=False),
+        "ground_truth",
+        encoder=PaletteEncoder(),
+        proposer=ShapeProposer(),
+        batch_size=4,
+        progress=lambda done, total: calls.append((done, total)),
     )
     total = shapes.match_tags("negative", bool=False).count("ground_truth.detections")
     assert calls[-1] == (total, total) and len(calls) == -(-total // 4)
@@ -73,12 +93,14 @@ def test_box_only_references_give_the_same_prototypes(shapes, bank_and_targets):
             detection.mask = None
         sample.save()
     box_bank = refseg.build_memory_bank(
-        references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), progress=False,
+        references,
+        "ground_truth",
+        tag=refseg.DEFAULT_TAG,
+        encoder=PaletteEncoder(),
+        proposer=ShapeProposer(),
+        progress=False,
     )
     assert {r.mask_source for r in box_bank.references} == {"box"}
-    cosine = np.sum(
-        box_bank.class_prototypes() * bank.class_prototypes(), axis=1
-    )
+    cosine = np.sum(box_bank.class_prototypes() * bank.class_prototypes(), axis=1)
     np.testing.assert_array_less(0.99, cosine)
     references.delete()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import fiftyone as fo
 import pytest
 import torch
+from stand_ins import PaletteEncoder, ShapeProposer
 
-import fiftyone as fo
 import refseg
 from refseg.config import PredictConfig
 from refseg.synthetic import CLASSES, make_shapes_dataset
-from stand_ins import PaletteEncoder, ShapeProposer
 
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50)
 
@@ -19,11 +19,17 @@ CONFIG = PredictConfig(points_per_side=12, points_batch_size=50)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     name = f"predict-tests-{tmp_path_factory.getbasetemp().name}"
-    dataset = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=10, num_negative=2, seed=3)
+    dataset = make_shapes_dataset(
+        name, str(tmp_path_factory.mktemp("images")), num_positive=10, num_negative=2, seed=3
+    )
     references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
     bank = refseg.build_memory_bank(
-        references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), progress=False,
+        references,
+        "ground_truth",
+        tag=refseg.DEFAULT_TAG,
+        encoder=PaletteEncoder(),
+        proposer=ShapeProposer(),
+        progress=False,
     )
     targets = dataset.exclude(references.values("id"))
     yield dataset, bank, targets
@@ -31,14 +37,27 @@ def setup(tmp_path_factory):
 
 
 def run(targets, bank, field, **kwargs):
-    options = dict(config=CONFIG, proposer=ShapeProposer(), encoder=PaletteEncoder(), num_workers=0, progress=False)
+    options = dict(
+        config=CONFIG,
+        proposer=ShapeProposer(),
+        encoder=PaletteEncoder(),
+        num_workers=0,
+        progress=False,
+    )
     return refseg.predict(targets, bank, field, **{**options, **kwargs})
 
 
 def test_written_detections_are_consistent(setup):
     _, bank, targets = setup
     calls = []
-    run(targets, bank, "pred_consistent", batch_size=3, write_every=2, progress=lambda d, t: calls.append((d, t)))
+    run(
+        targets,
+        bank,
+        "pred_consistent",
+        batch_size=3,
+        write_every=2,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert calls[-1] == (len(targets), len(targets)) and len(calls) == -(-len(targets) // 3)
     for sample in targets.select_fields("pred_consistent"):
         width, height = sample.metadata.width, sample.metadata.height

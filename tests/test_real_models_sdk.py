@@ -25,12 +25,20 @@ CONFIG = PredictConfig(points_per_side=4, points_batch_size=16, max_detections=2
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     name = f"real-models-{tmp_path_factory.getbasetemp().name}"
-    dataset = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=5, num_negative=1, seed=5)
+    dataset = make_shapes_dataset(
+        name, str(tmp_path_factory.mktemp("images")), num_positive=5, num_negative=1, seed=5
+    )
     cache = ModelCache()
     references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
     bank = refseg.build_memory_bank(
-        references, "ground_truth", tag=refseg.DEFAULT_TAG, dinov2="dinov2_vits14", cache=cache,
-        name="tiny_bank", progress=False, **MODELS,
+        references,
+        "ground_truth",
+        tag=refseg.DEFAULT_TAG,
+        dinov2="dinov2_vits14",
+        cache=cache,
+        name="tiny_bank",
+        progress=False,
+        **MODELS,
     )
     targets = dataset.exclude(references.values("id")).limit(2)
     options = dict(config=CONFIG, cache=cache, num_workers=1, progress=False, **MODELS)
@@ -46,8 +54,12 @@ def test_bank_shapes_and_round_trip(run, tmp_path):
     assert bank.class_names == tuple(sorted(CLASSES))
     assert bank.encoder == {"name": "dinov2_vits14", "weights": "random(seed=0)"}
     bank.save(tmp_path / "bank.npz")
-    np.testing.assert_array_equal(MemoryBank.load(tmp_path / "bank.npz").prototypes, bank.prototypes)
-    np.testing.assert_array_equal(refseg.load_bank(dataset, "tiny_bank").prototypes, bank.prototypes)
+    np.testing.assert_array_equal(
+        MemoryBank.load(tmp_path / "bank.npz").prototypes, bank.prototypes
+    )
+    np.testing.assert_array_equal(
+        refseg.load_bank(dataset, "tiny_bank").prototypes, bank.prototypes
+    )
 
 
 def test_detections_are_well_formed(run):
@@ -63,7 +75,10 @@ def test_detections_are_well_formed(run):
             assert 0 <= x and 0 <= y and x + w <= 1 + 1e-9 and y + h <= 1 + 1e-9
             assert detection.mask.dtype == bool
             assert detection.mask.shape == (round(h * height), round(w * width))
-            assert detection.mask.any(axis=1)[[0, -1]].all() and detection.mask.any(axis=0)[[0, -1]].all()
+            assert (
+                detection.mask.any(axis=1)[[0, -1]].all()
+                and detection.mask.any(axis=0)[[0, -1]].all()
+            )
             assert 0.0 < detection.confidence <= 1.0 and detection.label in bank.class_names
     assert total > 0  # random SAM2 weights still pass the 0.4 predicted-IoU filter
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 
+import fiftyone as fo
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from stand_ins import PaletteEncoder, ShapeProposer
 
-import fiftyone as fo
 import refseg
 from refseg.config import PredictConfig, ReferenceConfig
 from refseg.reproduce import cli, runner
@@ -22,10 +23,10 @@ from refseg.reproduce.data import GT_FIELD, REFERENCES, TARGETS, CocoSource, loa
 from refseg.reproduce.protocols import COCO_NOVEL_CLASSES
 from refseg.reproduce.runner import Components, Models
 from refseg.synthetic import CLASSES, NEGATIVE_CLASS, random_shapes, render
-from stand_ins import PaletteEncoder, ShapeProposer
 
 STAND_IN_MODELS = Models(
-    reference=ReferenceConfig(), predict=PredictConfig(points_per_side=12, points_batch_size=50),
+    reference=ReferenceConfig(),
+    predict=PredictConfig(points_per_side=12, points_batch_size=50),
     num_workers=0,
 )
 
@@ -49,15 +50,28 @@ def write_coco(path, image_dir, images, *, masks=True, crowd=(), names=None, pre
     os.makedirs(image_dir, exist_ok=True)
     categories = sorted({names.get(l, l) for labels in images for l in labels})
     cat_ids = {name: i + 1 for i, name in enumerate(categories)}
-    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in cat_ids.items()]}
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for n, i in cat_ids.items()],
+    }
     for index, labels in enumerate(images):
         height, width = 150, 190
         shapes = random_shapes(list(labels), height, width, rng)
         file_name = f"{prefix}_{index:03d}.png"
         Image.fromarray(render(shapes, height, width, rng)).save(os.path.join(image_dir, file_name))
-        coco["images"].append({"id": 100 + index, "file_name": file_name, "width": width, "height": height})
+        coco["images"].append(
+            {"id": 100 + index, "file_name": file_name, "width": width, "height": height}
+        )
         for shape in shapes:
-            coco["annotations"].append(_annotation(shape, len(coco["annotations"]), 100 + index, cat_ids[names.get(shape.label, shape.label)]))
+            coco["annotations"].append(
+                _annotation(
+                    shape,
+                    len(coco["annotations"]),
+                    100 + index,
+                    cat_ids[names.get(shape.label, shape.label)],
+                )
+            )
     for i, ann in enumerate(coco["annotations"]):
         ann["iscrowd"] = int(i in crowd)
         if masks is False or (masks == "some" and i % 2):
@@ -72,13 +86,29 @@ def _annotation(shape, ann_id, image_id, category_id):
     x1, y1, x2, y2 = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
     rle = mask_utils.encode(np.asfortranarray(shape.mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
-    return {"id": ann_id + 1, "image_id": image_id, "category_id": category_id,
-            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(shape.mask.sum()), "segmentation": rle}
+    return {
+        "id": ann_id + 1,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "area": int(shape.mask.sum()),
+        "segmentation": rle,
+    }
 
 
-REFERENCE_IMAGES = [["red_square", "green_disc"], ["blue_triangle"], ["green_disc", "red_square"], ["blue_triangle", "red_square"]]
-TARGET_IMAGES = [["red_square", "blue_triangle"], ["green_disc"], ["green_disc", "blue_triangle", "red_square"],
-                 ["blue_triangle", "green_disc"], [NEGATIVE_CLASS]]
+REFERENCE_IMAGES = [
+    ["red_square", "green_disc"],
+    ["blue_triangle"],
+    ["green_disc", "red_square"],
+    ["blue_triangle", "red_square"],
+]
+TARGET_IMAGES = [
+    ["red_square", "blue_triangle"],
+    ["green_disc"],
+    ["green_disc", "blue_triangle", "red_square"],
+    ["blue_triangle", "green_disc"],
+    [NEGATIVE_CLASS],
+]
 
 
 @pytest.fixture
@@ -112,7 +142,10 @@ def predictions(dataset_name: str, field: str) -> dict:
     dataset = fo.load_dataset(dataset_name)
     out = {}
     for path, dets in zip(*dataset.match_tags(TARGETS).values(["filepath", field])):
-        out[path] = [(d.label, tuple(np.round(d.bounding_box, 6)), round(d.confidence, 6), d.mask.tobytes()) for d in dets.detections]
+        out[path] = [
+            (d.label, tuple(np.round(d.bounding_box, 6)), round(d.confidence, 6), d.mask.tobytes())
+            for d in dets.detections
+        ]
     return out
 
 
@@ -120,19 +153,35 @@ def predictions(dataset_name: str, field: str) -> dict:
 
 
 def test_data_import_keeps_boxes_masks_and_crowd(tmp_path, dataset_name):
-    coco = write_coco(tmp_path / "mixed.json", tmp_path / "images", TARGET_IMAGES, masks="some", crowd=(2,))
-    dataset = load_coco_dataset(dataset_name, [CocoSource(str(tmp_path / "mixed.json"), str(tmp_path / "images"), TARGETS)], progress=False)
+    coco = write_coco(
+        tmp_path / "mixed.json", tmp_path / "images", TARGET_IMAGES, masks="some", crowd=(2,)
+    )
+    dataset = load_coco_dataset(
+        dataset_name,
+        [CocoSource(str(tmp_path / "mixed.json"), str(tmp_path / "images"), TARGETS)],
+        progress=False,
+    )
     labels = [d for dets in dataset.values(GT_FIELD) for d in (dets.detections if dets else [])]
     assert sorted(d.coco_id for d in labels) == [a["id"] for a in coco["annotations"]]
     with_mask = {d.coco_id for d in labels if d.mask is not None}
     assert with_mask == {a["id"] for a in coco["annotations"] if "segmentation" in a}
     assert [d.coco_id for d in labels if d.iscrowd] == [3]
-    assert set(dataset.get_field_schema()) >= {GT_FIELD, "coco_id"} and "refseg_import_boxes" not in dataset.get_field_schema()
+    assert (
+        set(dataset.get_field_schema()) >= {GT_FIELD, "coco_id"}
+        and "refseg_import_boxes" not in dataset.get_field_schema()
+    )
     # loading again reuses the complete dataset; other files under the same name are refused
-    again = load_coco_dataset(dataset_name, [CocoSource(str(tmp_path / "mixed.json"), str(tmp_path / "images"), TARGETS)], progress=False)
+    again = load_coco_dataset(
+        dataset_name,
+        [CocoSource(str(tmp_path / "mixed.json"), str(tmp_path / "images"), TARGETS)],
+        progress=False,
+    )
     assert again.count(f"{GT_FIELD}.detections") == len(labels)
     with pytest.raises(ValueError, match="not loaded from these files"):
-        load_coco_dataset(dataset_name, [CocoSource(str(tmp_path / "mixed.json"), str(tmp_path / "images"), REFERENCES)])
+        load_coco_dataset(
+            dataset_name,
+            [CocoSource(str(tmp_path / "mixed.json"), str(tmp_path / "images"), REFERENCES)],
+        )
 
 
 def test_custom_end_to_end_prints_table_and_summary(custom_files, dataset_name):
@@ -146,7 +195,12 @@ def test_custom_end_to_end_prints_table_and_summary(custom_files, dataset_name):
     assert summary["dataset"] == dataset_name
     (job,) = summary["jobs"].values()
     assert job["reference_counts"] == {"blue_triangle": 2, "green_disc": 2, "red_square": 3}
-    assert job["steps"] == {"references": "done", "bank": "done", "predict": f"done ({len(TARGET_IMAGES)} of {len(TARGET_IMAGES)} images)", "evaluate": "done"}
+    assert job["steps"] == {
+        "references": "done",
+        "bank": "done",
+        "predict": f"done ({len(TARGET_IMAGES)} of {len(TARGET_IMAGES)} images)",
+        "evaluate": "done",
+    }
     assert job["metrics"]["bbox"]["AP"] > 0.5 and job["metrics"]["segm"]["AP"] > 0.5
     assert set(job["classes"]) == set(CLASSES)
     dataset = fo.load_dataset(dataset_name)
@@ -163,7 +217,9 @@ def test_resumes_after_the_bank_and_after_some_predictions(custom_files, dataset
     reference_name = f"{dataset_name}-ref"
     try:
         run_custom(root, reference_name)  # uninterrupted, for comparison
-        expected = predictions(reference_name, summary_of(root, reference_name)["jobs"].popitem()[1]["pred_field"])
+        expected = predictions(
+            reference_name, summary_of(root, reference_name)["jobs"].popitem()[1]["pred_field"]
+        )
     finally:
         fo.delete_dataset(reference_name) if fo.dataset_exists(reference_name) else None
     real_predict, real_build = runner.predict, runner.build_memory_bank
@@ -180,6 +236,7 @@ def test_resumes_after_the_bank_and_after_some_predictions(custom_files, dataset
             if count:
                 real_predict(todo.limit(count), bank, field, **kwargs)
             raise Interrupted
+
         return fake
 
     monkeypatch.setattr(runner, "build_memory_bank", build)
@@ -190,11 +247,20 @@ def test_resumes_after_the_bank_and_after_some_predictions(custom_files, dataset
     with pytest.raises(Interrupted):  # stops after two images
         run_custom(root, dataset_name)
     assert calls["build"] == 1
-    monkeypatch.setattr(runner, "predict", lambda view, *a, **k: (calls["predicted"].append(len(view.exists(a[1], False))), real_predict(view, *a, **k)))
+    monkeypatch.setattr(
+        runner,
+        "predict",
+        lambda view, *a, **k: (
+            calls["predicted"].append(len(view.exists(a[1], False))),
+            real_predict(view, *a, **k),
+        ),
+    )
     table = run_custom(root, dataset_name)
     assert calls == {"build": 1, "predicted": [5, 5, 3]}
     (job,) = summary_of(root, dataset_name)["jobs"].values()
-    assert job["steps"]["bank"] == "skipped (stored)" and job["steps"]["references"].startswith("skipped")
+    assert job["steps"]["bank"] == "skipped (stored)" and job["steps"]["references"].startswith(
+        "skipped"
+    )
     assert job["steps"]["predict"] == "done (3 of 5 images)"
     assert predictions(dataset_name, job["pred_field"]) == expected
     assert "custom dataset" in table
@@ -210,13 +276,22 @@ def test_box_only_references_get_masks_from_the_proposer(custom_files, dataset_n
     root, _, _ = custom_files
     table = run_custom(root, dataset_name, "refs_boxes.json", "--shots", "1", "--seeds", "5")
     (job,) = summary_of(root, dataset_name)["jobs"].values()
-    assert job["shots"] == 1 and job["seed"] == 5 and job["reference_counts"] == {c: 1 for c in CLASSES}
+    assert (
+        job["shots"] == 1
+        and job["seed"] == 5
+        and job["reference_counts"] == {c: 1 for c in CLASSES}
+    )
     bank = refseg.load_bank(fo.load_dataset(dataset_name), job["bank_name"])
     assert {r.mask_source for r in bank.references} == {"box"}
     assert table.splitlines()[2].split()[:2] == ["1", "5"]
 
 
-COCO_NAMES = {"red_square": "bus", "green_disc": "cat", "blue_triangle": "dog", NEGATIVE_CLASS: "giraffe"}
+COCO_NAMES = {
+    "red_square": "bus",
+    "green_disc": "cat",
+    "blue_triangle": "dog",
+    NEGATIVE_CLASS: "giraffe",
+}
 
 
 def test_coco_protocol_on_the_coco_layout_with_limit(tmp_path, dataset_name):
@@ -225,15 +300,42 @@ def test_coco_protocol_on_the_coco_layout_with_limit(tmp_path, dataset_name):
     shapes = [CLASSES[i % 3] for i in range(20)]
     names = dict(COCO_NAMES)
     os.makedirs(root / "annotations")
-    train = write_coco(root / "annotations" / "instances_train2017.json", root / "train2017",
-                       [[s] for s in shapes] + [[NEGATIVE_CLASS]], names={}, prefix="train")
+    train = write_coco(
+        root / "annotations" / "instances_train2017.json",
+        root / "train2017",
+        [[s] for s in shapes] + [[NEGATIVE_CLASS]],
+        names={},
+        prefix="train",
+    )
     # rename categories: the i-th image's shape becomes the i-th novel class
-    train["categories"] = [{"id": i + 1, "name": n} for i, n in enumerate([*COCO_NOVEL_CLASSES, "giraffe"])]
+    train["categories"] = [
+        {"id": i + 1, "name": n} for i, n in enumerate([*COCO_NOVEL_CLASSES, "giraffe"])
+    ]
     for i, ann in enumerate(train["annotations"]):
         ann["category_id"] = i + 1
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(train))
-    write_coco(root / "annotations" / "instances_val2017.json", root / "val2017", TARGET_IMAGES[:4], names=names, prefix="val", crowd=(0,))
-    args = cli.parse_args(["coco", "--coco-root", str(root), "--shots", "1", "--limit", "3", "--dataset-name", dataset_name, "--quiet"])
+    write_coco(
+        root / "annotations" / "instances_val2017.json",
+        root / "val2017",
+        TARGET_IMAGES[:4],
+        names=names,
+        prefix="val",
+        crowd=(0,),
+    )
+    args = cli.parse_args(
+        [
+            "coco",
+            "--coco-root",
+            str(root),
+            "--shots",
+            "1",
+            "--limit",
+            "3",
+            "--dataset-name",
+            dataset_name,
+            "--quiet",
+        ]
+    )
     table = cli.run(args, STAND_IN_MODELS, components=stand_ins())
     print(table)
     dataset = fo.load_dataset(dataset_name)
@@ -243,7 +345,12 @@ def test_coco_protocol_on_the_coco_layout_with_limit(tmp_path, dataset_name):
     assert job["num_targets"] == 3 and job["limit"] == 3 and len(job["reference_counts"]) == 20
     assert job["classes"] == list(COCO_NOVEL_CLASSES)
     row = table.splitlines()[2].split()
-    assert row[:3] == ["1", "33", "3"] and "24.5" in row and "22.9" in row and "mean of 10 seeds" in table
+    assert (
+        row[:3] == ["1", "33", "3"]
+        and "24.5" in row
+        and "22.9" in row
+        and "mean of 10 seeds" in table
+    )
     assert "LIMITED" in table
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from refseg.sampling import DEFAULT_TAG, reference_labels, sample_references
 
+
 def _detection(width: int, height: int, label: str, xywh, iscrowd) -> fo.Detection:
     x, y, w, h = xywh
     box = [x / width, y / height, w / width, h / height]
@@ -216,10 +217,15 @@ def test_metadata_computed_from_images_and_reference_labels(dataset_name, tmp_pa
         Image.new("RGB", (width, height)).save(path)
         box = [12 / width, 12 / height, 40 / width, 40 / height]
         samples.append(
-            fo.Sample(filepath=str(path), gt=fo.Detections(detections=[
-                fo.Detection(label="cat", bounding_box=box),
-                fo.Detection(label="dog", bounding_box=[0, 0, 0.1, 0.1]),
-            ]))
+            fo.Sample(
+                filepath=str(path),
+                gt=fo.Detections(
+                    detections=[
+                        fo.Detection(label="cat", bounding_box=box),
+                        fo.Detection(label="dog", bounding_box=[0, 0, 0.1, 0.1]),
+                    ]
+                ),
+            )
         )
     dataset = fo.Dataset(dataset_name)
     dataset.add_samples(samples, progress=False)
@@ -227,7 +233,10 @@ def test_metadata_computed_from_images_and_reference_labels(dataset_name, tmp_pa
     assert dataset.values("metadata.width") == [120, 90]
     everything = list(reference_labels(dataset, "gt"))
     assert [(r.image_size, r.detection.label) for r in everything] == [
-        ((120, 90), "cat"), ((120, 90), "dog"), ((90, 120), "cat"), ((90, 120), "dog"),
+        ((120, 90), "cat"),
+        ((120, 90), "dog"),
+        ((90, 120), "cat"),
+        ((90, 120), "dog"),
     ]
     chosen = list(reference_labels(view, "gt", tag=DEFAULT_TAG))
     assert [(r.sample_id, r.filepath, r.detection.label) for r in chosen] == [
@@ -269,13 +278,15 @@ def _coco_fixture(grouped_by_image: bool) -> dict:
         h = rng.choice([32.0, round(rng.uniform(20, height / 2), 2)])
         x = rng.choice([10.0, 9.99, width - w - 10.0, round(rng.uniform(0, width - w), 2)])
         y = rng.choice([10.0, round(rng.uniform(0, height - h), 2)])
-        annotations.append({
-            "image_id": image["id"],
-            "category_id": rng.choice([1, 1, 2, 2, 3, 4]),
-            "bbox": [x, y, w, h],
-            "area": w * h,
-            "iscrowd": int(rng.random() < 0.1),
-        })
+        annotations.append(
+            {
+                "image_id": image["id"],
+                "category_id": rng.choice([1, 1, 2, 2, 3, 4]),
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": int(rng.random() < 0.1),
+            }
+        )
     for ann_id, ann in enumerate(annotations, start=100):
         ann["id"] = ann_id
     if grouped_by_image:

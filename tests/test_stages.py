@@ -20,14 +20,22 @@ from refseg.postprocess import (
 )
 from refseg.proposals import best_of_multimask, prompt_batches
 
-
 # --- prompt grid -------------------------------------------------------------------------
 
 
 def test_point_grid_matches_the_paper_order_and_offsets():
     grid = point_grid(3, 5)  # linspace(0, 4, 3) = 0, 2, 4; plus 0.5
-    expected = [[0.5, 0.5], [0.5, 2.5], [0.5, 4.5], [2.5, 0.5], [2.5, 2.5], [2.5, 4.5],
-                [4.5, 0.5], [4.5, 2.5], [4.5, 4.5]]
+    expected = [
+        [0.5, 0.5],
+        [0.5, 2.5],
+        [0.5, 4.5],
+        [2.5, 0.5],
+        [2.5, 2.5],
+        [2.5, 4.5],
+        [4.5, 0.5],
+        [4.5, 2.5],
+        [4.5, 4.5],
+    ]
     assert grid.tolist() == expected  # x outer, y fastest: meshgrid "ij" then (x, y)
 
 
@@ -37,9 +45,7 @@ def test_point_grid_of_the_paper_has_edges_included():
     assert grid.min().item() == 0.5 and grid.max().item() == 1023.5
 
 
-@pytest.mark.parametrize(
-    ("drop", "sizes"), [(False, [4, 4, 1]), (True, [4, 4])]
-)
+@pytest.mark.parametrize(("drop", "sizes"), [(False, [4, 4, 1]), (True, [4, 4])])
 def test_prompt_batches_keep_the_tail_unless_asked(drop, sizes):
     config = PredictConfig(points_per_side=3, points_batch_size=4, drop_incomplete_point_batch=drop)
     assert [b.shape[0] for b in prompt_batches(config, 16)] == sizes
@@ -61,7 +67,10 @@ def test_masks_to_boxes_inclusive_and_exclusive():
     exclusive = masks_to_boxes(masks, exclusive_max=True)
     assert inclusive.tolist() == [[2, 1, 6, 3], [0, 0, 0, 0]]
     assert exclusive.tolist() == [[2, 1, 7, 4], [0, 0, 0, 0]]
-    assert masks_to_boxes(torch.zeros((0, 4, 4), dtype=torch.bool), exclusive_max=True).shape == (0, 4)
+    assert masks_to_boxes(torch.zeros((0, 4, 4), dtype=torch.bool), exclusive_max=True).shape == (
+        0,
+        4,
+    )
 
 
 def test_context_crop_is_square_inside_the_image():
@@ -112,7 +121,9 @@ def test_instance_prototype_is_the_weighted_mean():
 
 def test_class_prototype_is_the_normalised_mean_of_instances():
     bank = _bank(np.array([[3.0, 0.0], [1.0, 2.0], [0.0, 5.0]]), [0, 0, 1])
-    np.testing.assert_allclose(bank.class_prototypes(), [[2 / 5**0.5, 1 / 5**0.5], [0.0, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        bank.class_prototypes(), [[2 / 5**0.5, 1 / 5**0.5], [0.0, 1.0]], rtol=1e-6
+    )
 
 
 # --- proposals ---------------------------------------------------------------------------
@@ -203,8 +214,11 @@ def test_semantic_decay_uses_earlier_masks_of_the_same_class_only():
     # 0: first -> 0; 1: IoS 1 x <f1,f0> 0.6; 2: alone in class 1 -> 0;
     # 3: IoS with 0 is 1 but similarity -1 -> clamp 0; with 1: IoS 0.5 x <f3,f1> = -0.6 -> 0
     np.testing.assert_allclose(decay, [0.0, 0.6, 0.0, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(apply_decay(np.array([0.9, 0.9, 0.5, 0.4]), decay, 0.5),
-                               [0.9, 0.9 * 0.4**0.5, 0.5, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(
+        apply_decay(np.array([0.9, 0.9, 0.5, 0.4]), decay, 0.5),
+        [0.9, 0.9 * 0.4**0.5, 0.5, 0.4],
+        rtol=1e-6,
+    )
 
 
 def test_semantic_decay_ios_is_over_the_later_mask():
@@ -217,7 +231,9 @@ def test_semantic_decay_ios_is_over_the_later_mask():
 
 
 def test_semantic_decay_of_nothing_is_empty():
-    assert semantic_decay([], np.zeros((0, 4), np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.float32)).shape == (0,)
+    assert semantic_decay(
+        [], np.zeros((0, 4), np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
+    ).shape == (0,)
 
 
 def test_top_k_is_descending_and_stable():
@@ -239,9 +255,12 @@ def _bank(prototypes: np.ndarray, labels: list[int]) -> MemoryBank:
         for i, c in enumerate(labels)
     )
     return MemoryBank(
-        class_names=names, prototypes=prototypes.astype(np.float32),
-        labels=np.array(labels), references=references,
-        encoder={"name": "enc"}, proposer={"name": "prop"},
+        class_names=names,
+        prototypes=prototypes.astype(np.float32),
+        labels=np.array(labels),
+        references=references,
+        encoder={"name": "enc"},
+        proposer={"name": "prop"},
     )
 
 
@@ -256,11 +275,15 @@ def test_semantic_decay_equals_the_dense_full_resolution_formula():
     for k, (crop, (x1, y1, x2, y2)) in enumerate(zip(crops, boxes)):
         full[k, y1:y2, x1:x2] = crop
     labels = torch.randint(0, 3, (len(crops),), generator=generator).numpy()
-    features = torch.nn.functional.normalize(torch.randn(len(crops), 8, generator=generator), dim=1).numpy()
+    features = torch.nn.functional.normalize(
+        torch.randn(len(crops), 8, generator=generator), dim=1
+    ).numpy()
 
     flat = full.reshape(len(crops), -1).astype(np.float64)
     inter = flat @ flat.T
     np.fill_diagonal(inter, 0.0)
     ios = np.tril(inter) / flat.sum(axis=1, keepdims=True)  # rows: later mask i, cols: earlier j
     weighted = ios * np.clip(features @ features.T, 0, None) * (labels[:, None] == labels[None])
-    np.testing.assert_allclose(semantic_decay(crops, boxes, labels, features), weighted.max(axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        semantic_decay(crops, boxes, labels, features), weighted.max(axis=1), rtol=1e-5, atol=1e-7
+    )

@@ -65,10 +65,40 @@ __all__ = [
     "default_device",
     "dinov2_spec",
     "file_digest",
+    "require_weights",
     "resolve_checkpoint",
     "sam2_checkpoint_adapter",
     "sam2_spec",
 ]
+
+
+def require_weights(
+    sam2: str,
+    dinov2: str,
+    *,
+    sam2_checkpoint: str | Path | None = None,
+    dinov2_checkpoint: str | Path | None = None,
+    hint: str = "",
+) -> None:
+    """Resolves both models' weight files up front (downloading where possible).
+
+    Raises:
+        WeightsNotFoundError: one message listing every missing file and where to put it,
+            followed by ``hint``.
+    """
+    problems = []
+    for spec, checkpoint in (
+        (sam2_spec(sam2), sam2_checkpoint),
+        (dinov2_spec(dinov2), dinov2_checkpoint),
+    ):
+        try:
+            resolve_checkpoint(spec.filename, spec.url, checkpoint)
+        except WeightsNotFoundError as error:
+            problems.append(str(error))
+    if problems:
+        raise WeightsNotFoundError(
+            "model weights are missing:\n- " + "\n- ".join(problems) + (f"\n{hint}" if hint else "")
+        )
 
 
 def default_device() -> torch.device:

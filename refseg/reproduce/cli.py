@@ -62,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, models, components=None) -> str:
     """Loads the data, runs every job and returns the table (``components``: see runner)."""
+    from refseg.models import ModelCache
     from refseg.reproduce import data as data_module
     from refseg.reproduce.protocols import custom_protocol
-    from refseg.models import ModelCache
     from refseg.reproduce.runner import Job, all_have_masks, run_job
     from refseg.reproduce.table import format_table
 
@@ -84,8 +84,9 @@ def run(args: argparse.Namespace, models, components=None) -> str:
         for job in jobs
     ]  # fmt: skip
     table = format_table(protocol, results, dataset_name=dataset_name)
-    return (f"{table}\nSummary: {summary_path}\n"
-            f"Inspect in the App: fiftyone app launch {dataset_name}")
+    return (
+        f"{table}\nSummary: {summary_path}\nInspect in the App: fiftyone app launch {dataset_name}"
+    )
 
 
 def _setup(args: argparse.Namespace):
@@ -151,20 +152,15 @@ def models_from_args(args: argparse.Namespace):
 
 def _check_weights(models) -> None:
     """Resolves both checkpoints up front and reports every missing file at once."""
-    from refseg.models import WeightsNotFoundError, dinov2_spec, resolve_checkpoint, sam2_spec
+    from refseg.models import require_weights
 
-    problems = []
-    for spec, checkpoint in ((sam2_spec(models.sam2), models.sam2_checkpoint),
-                             (dinov2_spec(models.dinov2), models.dinov2_checkpoint)):
-        try:
-            resolve_checkpoint(spec.filename, spec.url, checkpoint)
-        except WeightsNotFoundError as error:
-            problems.append(str(error))
-    if problems:
-        raise WeightsNotFoundError(
-            "model weights are missing:\n- " + "\n- ".join(problems)
-            + "\nFor a smoke run without weights add --random-weights (meaningless numbers)."
-        )
+    require_weights(
+        models.sam2,
+        models.dinov2,
+        sam2_checkpoint=models.sam2_checkpoint,
+        dinov2_checkpoint=models.dinov2_checkpoint,
+        hint="For a smoke run without weights add --random-weights (meaningless numbers).",
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -176,7 +172,8 @@ def _ints(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m refseg.reproduce", description=__doc__,
+        prog="python -m refseg.reproduce",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,14 +182,19 @@ def _parser() -> argparse.ArgumentParser:
     voc = commands.add_parser("voc", help="PASCAL VOC few-shot: one novel split, nAP50")
     voc.add_argument("--voc-root", default="data/pascal_voc", help="VOC root (layout above)")
     voc.add_argument("--split", type=int, choices=(1, 2, 3), required=True, help="novel split")
-    voc.add_argument("--images", default=None,
-                     help="image directory (default <voc-root>/VOCdevkit/allimages)")
+    voc.add_argument(
+        "--images", default=None, help="image directory (default <voc-root>/VOCdevkit/allimages)"
+    )
     custom = commands.add_parser("custom", help="your references json + targets json + images")
     add = custom.add_argument
     add("--references", required=True, help="COCO json of the references; its classes are the set")
     add("--targets", required=True, help="COCO json of the targets (ground truth)")
     add("--images", required=True, help="directory the targets' file_names are relative to")
-    add("--reference-images", default=None, help="the references' image directory (default --images)")
+    add(
+        "--reference-images",
+        default=None,
+        help="the references' image directory (default --images)",
+    )
     add("--name", default="custom", help="names the runs and fields (default 'custom')")
     for command, settings in ((coco, "paper"), (voc, "paper"), (custom, "product")):
         _add_job_options(command, settings)
@@ -201,18 +203,38 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
     add = parser.add_argument
-    add("--shots", default=None, help=(
-        "comma-separated K values (default: the protocol's; custom: every reference of the file)"))
+    add(
+        "--shots",
+        default=None,
+        help=(
+            "comma-separated K values (default: the protocol's; custom: every reference of the file)"
+        ),
+    )
     add("--seeds", default=None, help="comma-separated sampling seeds (default 33)")
-    add("--settings", choices=("paper", "product"), default=settings, help=(
-        "paper = PAPER_REFERENCE/PAPER_PREDICT with SAM 2.0 Hiera-L + DINOv2 ViT-L/14; product = "
-        f"the fixed defaults with SAM 2.1 Hiera-L (default {settings})"))
+    add(
+        "--settings",
+        choices=("paper", "product"),
+        default=settings,
+        help=(
+            "paper = PAPER_REFERENCE/PAPER_PREDICT with SAM 2.0 Hiera-L + DINOv2 ViT-L/14; product = "
+            f"the fixed defaults with SAM 2.1 Hiera-L (default {settings})"
+        ),
+    )
     add("--sam2", default=None, help="SAM2 model name (default from --settings)")
     add("--dinov2", default=None, help="DINOv2 model name (default from --settings)")
-    add("--sam2-checkpoint", default=None, help="SAM2 weights, e.g. checkpoints/sam2_hiera_large.pt")
-    add("--dinov2-checkpoint", default=None,
-        help="DINOv2 weights, e.g. checkpoints/dinov2/dinov2_vitl14_pretrain.pth")
-    add("--random-weights", action="store_true", help="random weights: smoke run, meaningless numbers")
+    add(
+        "--sam2-checkpoint", default=None, help="SAM2 weights, e.g. checkpoints/sam2_hiera_large.pt"
+    )
+    add(
+        "--dinov2-checkpoint",
+        default=None,
+        help="DINOv2 weights, e.g. checkpoints/dinov2/dinov2_vitl14_pretrain.pth",
+    )
+    add(
+        "--random-weights",
+        action="store_true",
+        help="random weights: smoke run, meaningless numbers",
+    )
     add("--points-per-side", type=int, default=None, help="prompt grid density (paper 32)")
     add("--limit", type=int, default=None, help="predict and evaluate only the first N targets")
     add("--device", default=None, help="torch device (default cuda if available)")

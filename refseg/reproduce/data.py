@@ -83,7 +83,7 @@ class FileSummary:
 
     @property
     def mask_kind(self) -> str:
-        """"all", "none" or "some" annotations have a segmentation."""
+        """ "all", "none" or "some" annotations have a segmentation."""
         if self.num_with_mask == self.num_annotations:
             return "all"
         return "none" if self.num_with_mask == 0 else "some"
@@ -123,8 +123,11 @@ def scan_coco_file(labels_path: str) -> FileSummary:
         with_mask += bool(ann.get("segmentation"))
         counts[names[ann["category_id"]]] += 1
     if with_box < len(data["annotations"]):
-        logger.warning("%s: %d annotation(s) without bbox are skipped",
-                       labels_path, len(data["annotations"]) - with_box)
+        logger.warning(
+            "%s: %d annotation(s) without bbox are skipped",
+            labels_path,
+            len(data["annotations"]) - with_box,
+        )
     return FileSummary(
         num_images=len(data["images"]),
         num_annotations=with_box,
@@ -134,9 +137,7 @@ def scan_coco_file(labels_path: str) -> FileSummary:
     )
 
 
-def load_coco_dataset(
-    name: str, sources: list[CocoSource], *, progress: bool = True
-) -> fo.Dataset:
+def load_coco_dataset(name: str, sources: list[CocoSource], *, progress: bool = True) -> fo.Dataset:
     """The persistent dataset ``name`` holding ``sources``, imported now unless already complete.
 
     Args:

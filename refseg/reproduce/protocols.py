@@ -98,7 +98,9 @@ COCO_FSOD = Protocol(
 def voc_protocol(split: int) -> Protocol:
     """PASCAL VOC few-shot, one novel split (1, 2 or 3): box AP at IoU 0.5, COCO-style."""
     if split not in VOC_NOVEL_SPLITS:
-        raise ValueError(f"PASCAL VOC split must be one of {sorted(VOC_NOVEL_SPLITS)}, got {split!r}")
+        raise ValueError(
+            f"PASCAL VOC split must be one of {sorted(VOC_NOVEL_SPLITS)}, got {split!r}"
+        )
     return Protocol(
         name=f"voc_split{split}",
         title=f"PASCAL VOC few-shot split {split} ({', '.join(VOC_NOVEL_SPLITS[split])}), nAP50",

@@ -205,8 +205,13 @@ def run_job(
         metrics, per_class = previous["metrics"], previous["per_class_ap"]
     else:
         report = evaluate(
-            targets, names["field"], GT_FIELD, eval_key=names["eval"], classes=classes,
-            use_masks=all_have_masks(targets), overwrite=True,
+            targets,
+            names["field"],
+            GT_FIELD,
+            eval_key=names["eval"],
+            classes=classes,
+            use_masks=all_have_masks(targets),
+            overwrite=True,
         )
         steps["evaluate"] = "done"
         metrics, per_class = {"bbox": report.bbox, "segm": report.segm}, report.per_class_ap
@@ -262,8 +267,13 @@ def _tag_references(references: fo.DatasetView, job: Job) -> str:
         view.tag_labels(job.reference_tag, label_fields=GT_FIELD)
     else:
         sample_references(
-            references, GT_FIELD, shots=job.shots, seed=job.seed, classes=classes,
-            tag=job.reference_tag, order_by="coco_id",
+            references,
+            GT_FIELD,
+            shots=job.shots,
+            seed=job.seed,
+            classes=classes,
+            tag=job.reference_tag,
+            order_by="coco_id",
         )
     return "done"
 

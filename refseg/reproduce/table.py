@@ -10,7 +10,9 @@ from refseg.reproduce.protocols import Protocol, Published
 from refseg.reproduce.runner import JobResult
 
 
-def format_table(protocol: Protocol, results: Sequence[JobResult], *, dataset_name: str = "") -> str:
+def format_table(
+    protocol: Protocol, results: Sequence[JobResult], *, dataset_name: str = ""
+) -> str:
     """One row per job, then a mean row per shot count run with several seeds.
 
     Values are percent (the protocol's metric: AP or AP50); "paper" is the published number for
@@ -22,8 +24,17 @@ def format_table(protocol: Protocol, results: Sequence[JobResult], *, dataset_na
     for kind in kinds:
         header += [f"{kind} {protocol.metric}", "paper", "diff"]
     header.append("paper setting")
-    rows = [_row(protocol, r.shots, str(r.seed if r.seed is not None else "-"), r.num_targets,
-                 {k: _value(r, protocol.metric, k) for k in kinds}, kinds) for r in results]
+    rows = [
+        _row(
+            protocol,
+            r.shots,
+            str(r.seed if r.seed is not None else "-"),
+            r.num_targets,
+            {k: _value(r, protocol.metric, k) for k in kinds},
+            kinds,
+        )
+        for r in results
+    ]
     rows += _mean_rows(protocol, results, kinds)
     lines = [protocol.title + (f" - dataset {dataset_name!r}" if dataset_name else "")]
     lines += _align([header, *rows])
@@ -93,8 +104,9 @@ def _footnotes(protocol: Protocol, results: Sequence[JobResult]) -> list[str]:
     if protocol.headline:
         notes.append(protocol.headline)
     if any(r.limit is not None for r in results):
-        notes.append("LIMITED: only the first --limit targets were evaluated; not comparable "
-                     "with the paper")
+        notes.append(
+            "LIMITED: only the first --limit targets were evaluated; not comparable with the paper"
+        )
     if any(r.random_weights for r in results):
         notes.append("RANDOM WEIGHTS: these numbers check the installation, not the method")
     return notes
