@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -91,8 +89,3 @@ def context_crop(
             "check that the box lies inside the image"
         )
     return x1, y1, x2, y2
-
-
-def ceil_div(a: int, b: int) -> int:
-    """Integer ceiling of a / b."""
-    return -(-a // b) if b > 0 else math.inf  # type: ignore[return-value]
