@@ -91,7 +91,7 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
 
 def load_bank(dataset: fo.Dataset, key: str) -> MemoryBank:
     """The memory bank stored under ``key`` by :func:`save_bank`."""
-    if key not in list_banks(dataset):
+    if not (dataset.has_run(key) and _run_method(dataset, key) == BANK_RUN_METHOD):
         raise ValueError(
             f"Dataset {dataset.name!r} has no refseg memory bank named {key!r}; "
             f"available: {list_banks(dataset)}"

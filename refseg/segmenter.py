@@ -101,8 +101,9 @@ class Segmenter:
         """
         if images.shape[0] != len(image_sizes):
             raise ValueError(f"Got {images.shape[0]} images but {len(image_sizes)} image sizes")
+        images = images.to(self.proposer.device)  # one host-to-device copy of the batch
         with self.timer("sam2_encoder"), self._autocast(self.proposer.device):
-            embeddings = self.proposer.encode_images(images.to(self.proposer.device))
+            embeddings = self.proposer.encode_images(images)
         with self.timer("dinov2_encoder"), self._autocast(self.encoder.device):
             grids = self.encoder.encode(self._encoder_input(images)).float()
         return [
@@ -120,7 +121,7 @@ class Segmenter:
     def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, I, I): the S x S images bicubic-resized to the encoder's input (no antialias)."""
         size = self.encoder.input_size
-        images = images.to(self.encoder.device)
+        images = images.to(self.encoder.device)  # a no-op when both models share a device
         return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
 
     def _segment_image(
