@@ -6,10 +6,12 @@
     python benchmarks/benchmark_predict.py --large               # + one 12-megapixel image
 
 Both paths run on the same machine, models and images in one process:
-- reference: the paper's settings (fp32, one image at a time, 256 prompts a batch, soft merge on
-  full-resolution masks);
+- reference: the paper's settings (fp32, one image at a time, 256 prompts a batch, the ``sam2``
+  package's own mask decoder on a copy of the image per prompt, soft merge on full-resolution
+  masks);
 - fast: ``refseg.FAST_PREDICT`` (bf16 autocast on CUDA, 1024 prompts a batch on CUDA and 64 on
-  a CPU, soft merge on low-resolution masks, only final detections upsampled), images batched.
+  a CPU, soft merge on low-resolution masks, only final detections upsampled), images batched,
+  the mask decoder's prompt-independent work done once per image.
 With no weight files (``--random-weights``, the default when none are given) the models have the
 real architectures and FLOPs but random weights. Results go to a JSON file (``--out``) and a
 table on stdout; README.md summarises them.
@@ -194,6 +196,7 @@ def main() -> int:
         cache=cache,
     )
     models = {"proposer": proposer, "encoder": encoder}
+    reference_models = {"proposer": proposer.with_decoder("library"), "encoder": encoder}
     references = make_shapes_dataset(
         f"bench-refs-{uuid.uuid4().hex[:6]}",
         os.path.join(workdir, "refs"),
@@ -240,7 +243,9 @@ def main() -> int:
             progress=False,
             **models,
         )
-        reference = run_path("reference", dataset, bank, reference_config, 1, 0, models, device)
+        reference = run_path(
+            "reference", dataset, bank, reference_config, 1, 0, reference_models, device
+        )
         fast = run_path(
             "fast",
             dataset,

@@ -375,6 +375,40 @@ def test_sam2_0_tiny_builds_and_decodes() -> None:
     assert sam2_0.identity["name"] == "sam2_hiera_tiny"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sam2.1_hiera_tiny", "sam2_hiera_tiny"])
+def test_shared_decoder_equals_library_decoder(name: str, pair: torch.Tensor) -> None:
+    """Doing the decoder's prompt-independent work once per image changes no output, for
+    point (multimask) and box (single mask with the stability fallback) prompts, on each image
+    of a batch."""
+    with pytest.warns(UserWarning, match=RANDOM_WARNING):
+        shared = build_proposer(name, pretrained=False, device="cpu")
+    library = shared.with_decoder("library")
+    assert library.model is shared.model and library.identity == shared.identity
+    shared_batch, library_batch = shared.encode_images(pair), library.encode_images(pair)
+    assert library_batch.decoder_state is None
+    assert shared_batch.decoder_state.first_keys.shape[0] == 2
+    outputs = []
+    for index in range(2):
+        ours = shared.select_image(shared_batch, index)
+        theirs = library.select_image(library_batch, index)
+        for decode, prompts in (("decode_points", POINTS), ("decode_boxes", BOXES)):
+            for x, y in zip(
+                getattr(shared, decode)(ours, prompts),
+                getattr(library, decode)(theirs, prompts),
+                strict=True,
+            ):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        outputs.append(shared.decode_points(ours, POINTS)[0])
+    # The two images decode differently, so each image's own state was used.
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
+
+
+def test_unknown_decoder_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="'shared', 'library'"):
+        build_proposer("sam2.1_hiera_tiny", pretrained=False, device="cpu", decoder="fast")
+
+
 # --- DINOv2 ----------------------------------------------------------------------------------
 
 

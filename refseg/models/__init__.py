@@ -31,6 +31,8 @@ from refseg.models.registry import (
     sam2_spec,
 )
 from refseg.models.sam2_proposer import (
+    DECODER_KINDS,
+    DecoderKind,
     Sam2Embedding,
     Sam2Proposer,
     build_sam2_model,
@@ -48,9 +50,11 @@ from refseg.models.weights import (
 )
 
 __all__ = [
+    "DECODER_KINDS",
     "DINOV2_MODELS",
     "SAM2_MODELS",
     "CheckpointMismatchError",
+    "DecoderKind",
     "Dinov2Encoder",
     "Dinov2Spec",
     "ModelCache",
@@ -113,6 +117,7 @@ def build_proposer(
     pretrained: bool = True,
     device: str | torch.device | None = None,
     add_no_mem_embed: bool = False,
+    decoder: DecoderKind = "shared",
     cache: ModelCache | None = None,
 ) -> Sam2Proposer:
     """Builds a SAM2 mask proposer (see ``SAM2_MODELS`` for the names).
@@ -126,18 +131,31 @@ def build_proposer(
         device: where to run; default ``default_device()``.
         add_no_mem_embed: add SAM2's ``no_mem_embed`` to image embeddings as SAM2's image
             predictor does; False is the paper's behaviour.
+        decoder: ``"shared"`` computes the mask decoder's prompt-independent work once per
+            image (same outputs as the library's decoder, less work); ``"library"`` runs the
+            ``sam2`` package's decoder on a copy of the image per prompt, as the research code.
         cache: returns the cached instance for the same arguments, building it once.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones), or ``checkpoint`` with
-            ``pretrained=False``.
+        ValueError: unknown name (the message lists the known ones), ``checkpoint`` with
+            ``pretrained=False``, or an unknown ``decoder``.
         WeightsNotFoundError: no weights file; the message says where to put which file.
         CheckpointMismatchError: the file does not fit the architecture.
     """
     spec = sam2_spec(name)
+    if decoder not in DECODER_KINDS:
+        raise ValueError(f"decoder must be one of {DECODER_KINDS}, got {decoder!r}")
     _check_weights_args(name, checkpoint, pretrained)
     target = _device(device)
-    key = _key("proposer", name, checkpoint, pretrained, target, add_no_mem_embed=add_no_mem_embed)
+    key = _key(
+        "proposer",
+        name,
+        checkpoint,
+        pretrained,
+        target,
+        add_no_mem_embed=add_no_mem_embed,
+        decoder=decoder,
+    )
 
     def build() -> Sam2Proposer:
         path, weights = _weights(spec, checkpoint, pretrained, cache)
@@ -146,7 +164,11 @@ def build_proposer(
         if path is not None:
             load_sam2_checkpoint(model, path)
         return Sam2Proposer(
-            model=model.to(target), spec=spec, weights=weights, add_no_mem_embed=add_no_mem_embed
+            model=model.to(target),
+            spec=spec,
+            weights=weights,
+            add_no_mem_embed=add_no_mem_embed,
+            decoder=decoder,
         )
 
     return cache.get_or_build(key, build) if cache is not None else build()
@@ -220,7 +242,7 @@ def _key(
     checkpoint: str | Path | None,
     pretrained: bool,
     device: torch.device,
-    **options: bool,
+    **options: bool | str,
 ) -> ModelKey:
     path = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
     return ModelKey(kind, name, path, pretrained, str(device), tuple(sorted(options.items())))

@@ -2,7 +2,9 @@
 
 The model comes from the ``sam2`` package (its shipped Hydra configs); weights are loaded here
 from Meta's checkpoint files through a pure adapter, with missing and unexpected keys reported.
-The image encoder runs once per batch; the prompt encoder and mask decoder run per prompt batch.
+The image encoder runs once per batch; the prompt encoder and mask decoder run per prompt batch,
+the decoder's prompt-independent work done once per image (``sam2_decoding``) unless the
+library's own ``MaskDecoder.forward`` is asked for.
 """
 
 from __future__ import annotations
@@ -10,18 +12,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from refseg.models.preprocess import prepare_images
 from refseg.models.registry import Sam2Spec
+from refseg.models.sam2_decoding import DecoderImageState, decode_masks, prepare_decoder_state
 from refseg.models.weights import CheckpointMismatchError
 
 # SAM2's prompt-encoder labels: a positive click, and the two corners of a box.
 _POSITIVE_POINT = 1
 _BOX_CORNER_LABELS = (2, 3)
+
+DecoderKind = Literal["shared", "library"]
+DECODER_KINDS: tuple[DecoderKind, ...] = ("shared", "library")
 
 
 @dataclass(frozen=True)
@@ -33,10 +39,13 @@ class Sam2Embedding:
             (plus ``no_mem_embed`` only if the proposer was built with ``add_no_mem_embed``).
         high_res: the decoder's two high-resolution maps, already projected by the decoder's
             ``conv_s0`` / ``conv_s1``: (B, 32, 256, 256) and (B, 64, 128, 128) float32.
+        decoder_state: the decoder's prompt-independent work for the B images, or None when
+            the proposer decodes with the library's ``MaskDecoder.forward``.
     """
 
     image_embed: torch.Tensor
     high_res: tuple[torch.Tensor, torch.Tensor]
+    decoder_state: DecoderImageState | None = None
 
     @property
     def batch_size(self) -> int:
@@ -99,7 +108,13 @@ class Sam2Proposer:
     """
 
     def __init__(
-        self, *, model: nn.Module, spec: Sam2Spec, weights: str, add_no_mem_embed: bool = False
+        self,
+        *,
+        model: nn.Module,
+        spec: Sam2Spec,
+        weights: str,
+        add_no_mem_embed: bool = False,
+        decoder: DecoderKind = "shared",
     ) -> None:
         """Wraps a built SAM2 model.
 
@@ -109,14 +124,32 @@ class Sam2Proposer:
             weights: what its weights are, for ``identity`` (see ``weights.weights_label``).
             add_no_mem_embed: add SAM2's ``no_mem_embed`` to the image embedding, as SAM2's
                 image predictor does. False (paper mode) uses the plain encoder output.
+            decoder: ``"shared"`` does the decoder's prompt-independent work once per image
+                (``sam2_decoding``; same outputs, less work); ``"library"`` runs the ``sam2``
+                package's ``MaskDecoder.forward`` on a copy of the image per prompt, as the
+                research code did.
         """
+        if decoder not in DECODER_KINDS:
+            raise ValueError(f"decoder must be one of {DECODER_KINDS}, got {decoder!r}")
         self._model = model
         self._spec = spec
+        self._weights = weights
         self._add_no_mem_embed = add_no_mem_embed
+        self.decoder = decoder
         extra = {"add_no_mem_embed": True} if add_no_mem_embed else {}
         self.identity: dict[str, Any] = {"name": spec.name, "weights": weights, **extra}
         self.image_size = spec.image_size
         self.mask_size = spec.mask_size
+
+    def with_decoder(self, decoder: DecoderKind) -> "Sam2Proposer":
+        """The same model (shared, not copied) decoding with the other ``decoder`` kind."""
+        return Sam2Proposer(
+            model=self._model,
+            spec=self._spec,
+            weights=self._weights,
+            add_no_mem_embed=self._add_no_mem_embed,
+            decoder=decoder,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -148,16 +181,21 @@ class Sam2Proposer:
         s0, s1, image_embed = backbone["backbone_fpn"][-3:]
         if self._add_no_mem_embed:
             image_embed = image_embed + self._model.no_mem_embed.view(1, -1, 1, 1)
-        return Sam2Embedding(image_embed=image_embed, high_res=(s0, s1))
+        state = (
+            prepare_decoder_state(self._model, image_embed) if self.decoder == "shared" else None
+        )
+        return Sam2Embedding(image_embed=image_embed, high_res=(s0, s1), decoder_state=state)
 
     def select_image(self, embedding: Sam2Embedding, index: int) -> Sam2Embedding:
         """Returns the embedding of image ``index`` of a batch (a batch of one)."""
         if not 0 <= index < embedding.batch_size:
             raise IndexError(f"image index {index} is outside a batch of {embedding.batch_size}")
         pick = slice(index, index + 1)
+        state = embedding.decoder_state
         return Sam2Embedding(
             image_embed=embedding.image_embed[pick],
             high_res=(embedding.high_res[0][pick], embedding.high_res[1][pick]),
+            decoder_state=state.select(index) if state is not None else None,
         )
 
     @torch.inference_mode()
@@ -204,7 +242,11 @@ class Sam2Proposer:
     def _decode(
         self, embedding: Sam2Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder then mask decoder, the image's features shared by all N prompts."""
+        """Prompt encoder then mask decoder, the image's features shared by all N prompts.
+
+        Decodes with the embedding's decoder state when it has one (made by a ``"shared"``
+        proposer), else with the library's ``MaskDecoder.forward``.
+        """
         if embedding.batch_size != 1:
             raise ValueError(
                 f"decoding needs one image's embedding, got a batch of {embedding.batch_size}; "
@@ -214,6 +256,11 @@ class Sam2Proposer:
         sparse, dense = self._model.sam_prompt_encoder(
             points=(coords, labels), boxes=None, masks=None
         )
+        if embedding.decoder_state is not None:
+            logits, iou = decode_masks(
+                self._model, embedding.decoder_state, embedding.high_res, sparse, multimask
+            )
+            return logits.float(), iou.float()
         logits, iou, _, _ = self._model.sam_mask_decoder(
             image_embeddings=embedding.image_embed.expand(n, -1, -1, -1),
             image_pe=self._model.sam_prompt_encoder.get_dense_pe(),
