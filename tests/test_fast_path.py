@@ -1,4 +1,5 @@
-"""The fast path (low-resolution merge, batched images) against the paper's reference path."""
+"""The fast path (low-resolution merge, batched images, shared decoder work) against the paper's
+reference path (one image at a time, the library's decoder, full-resolution merge)."""
 
 from __future__ import annotations
 
@@ -44,13 +45,14 @@ def test_fast_path_gives_the_reference_detections(models_and_bank):
     proposer, encoder, bank, paths = models_and_bank
     grid = dict(points_per_side=8, max_detections=100)
     reference = refseg.Segmenter(
-        proposer,
+        proposer.with_decoder("library"),
         encoder,
         bank,
         dataclasses.replace(PAPER_PREDICT, legacy_coco_box=False, points_batch_size=32, **grid),
     )
     fast = refseg.Segmenter(proposer, encoder, bank, dataclasses.replace(FAST_PREDICT, **grid))
-    # the reference path: one image at a time, prompts in batches of 32, full-resolution merge
+    # the reference path: one image at a time, prompts in batches of 32 through the sam2
+    # package's own decoder, full-resolution merge
     loaded = [load_image(p, proposer.image_size) for p in paths]
     images = torch.stack([image for image, _ in loaded])
     sizes = [size for _, size in loaded]

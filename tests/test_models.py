@@ -404,6 +404,25 @@ def test_shared_decoder_equals_library_decoder(name: str, pair: torch.Tensor) ->
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
 
 
+@pytest.mark.slow
+def test_shared_decoder_under_bf16_autocast(proposer: Sam2Proposer, pair: torch.Tensor) -> None:
+    """The fast path's mixed precision (CPU autocast here, CUDA's in use): the shared decoder
+    runs on bf16 projections and gives the library decoder's outputs at bf16 precision."""
+    library = proposer.with_decoder("library")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = proposer.select_image(proposer.encode_images(pair[:1]), 0)
+        theirs = library.select_image(library.encode_images(pair[:1]), 0)
+        assert ours.decoder_state.first_keys.dtype == torch.bfloat16
+        for decode, prompts in (("decode_points", POINTS), ("decode_boxes", BOXES)):
+            for x, y in zip(
+                getattr(proposer, decode)(ours, prompts),
+                getattr(library, decode)(theirs, prompts),
+                strict=True,
+            ):
+                assert x.dtype == torch.float32
+                torch.testing.assert_close(x, y, rtol=2e-2, atol=2e-2)
+
+
 def test_unknown_decoder_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="'shared', 'library'"):
         build_proposer("sam2.1_hiera_tiny", pretrained=False, device="cpu", decoder="fast")
