@@ -20,13 +20,10 @@ table on stdout; README.md summarises them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
@@ -34,62 +31,22 @@ os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"refseg-bench-{uuid.uuid4().hex
 
 import fiftyone as fo  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from bench_common import (  # noqa: E402
+    PeakMemory,
+    agreement_summary,
+    machine,
+    path_configs,
+    report,
+    summarise,
+    target_images,
+)
 
 import refseg  # noqa: E402
-from refseg.compare import agreement  # noqa: E402
 from refseg.models import ModelCache, build_encoder, build_proposer  # noqa: E402
 from refseg.predictions import Predictions  # noqa: E402
-from refseg.synthetic import CLASSES, make_shapes_dataset, random_shapes, render  # noqa: E402
+from refseg.synthetic import CLASSES, make_shapes_dataset  # noqa: E402
 from refseg.timing import StageTimer  # noqa: E402
-
-MODEL_STAGES = ("sam2_encoder", "dinov2_encoder", "prompt_decoding")
-
-
-class PeakMemory:
-    """Samples this process's resident memory (and CUDA's peak) while a block runs."""
-
-    def __init__(self, device: torch.device, interval: float = 0.02) -> None:
-        self.device, self.interval = device, interval
-        self.peak_host = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_device = (
-            torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
-        )
-
-    def _sample(self) -> None:
-        process = psutil.Process()
-        while not self._stop.is_set():
-            self.peak_host = max(self.peak_host, process.memory_info().rss)
-            time.sleep(self.interval)
-
-
-def target_images(directory: str, count: int, width: int, height: int, seed: int) -> list[str]:
-    """Synthetic target images of the given size (shapes of the bank's classes on noise)."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    scale = max(1, min(width, height) // 200)
-    for index in range(count):
-        small_h, small_w = height // scale, width // scale
-        shapes = random_shapes(list(rng.choice(CLASSES, 3)), small_h, small_w, rng)
-        image = Image.fromarray(render(shapes, small_h, small_w, rng)).resize((width, height))
-        path = os.path.join(directory, f"target_{width}x{height}_{index:03d}.jpg")
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def run_path(name, view, bank, config, batch_size, num_workers, models, device) -> dict:
@@ -111,19 +68,7 @@ def run_path(name, view, bank, config, batch_size, num_workers, models, device) 
             **models,
         )
         wall = time.perf_counter() - start
-    images = len(view)
-    model_time = sum(timer.seconds.get(stage, 0.0) for stage in MODEL_STAGES)
-    return {
-        "field": field,
-        "images": images,
-        "wall_s": wall,
-        "images_per_s": images / wall,
-        "ms_per_image": 1000 * wall / images,
-        "stage_ms_per_image": {k: 1000 * v / images for k, v in sorted(timer.seconds.items())},
-        "share_outside_models": 1.0 - model_time / wall,
-        "peak_host_mb": memory.peak_host / 2**20,
-        "peak_device_mb": memory.peak_device / 2**20,
-    }
+    return {"field": field, **summarise(len(view), wall, timer, memory)}
 
 
 def to_predictions(sample, field: str, class_names: tuple[str, ...]) -> Predictions:
@@ -153,26 +98,17 @@ def to_predictions(sample, field: str, class_names: tuple[str, ...]) -> Predicti
 
 
 def compare(view, reference: dict, fast: dict, class_names) -> dict:
-    matched = total_ref = total_fast = 0
-    min_iou, max_diff = 1.0, 0.0
+    """Agreement of the two paths' stored detections over the view."""
     view = view.select_fields([reference["field"], fast["field"], "metadata"])
-    for sample in view:
-        result = agreement(
-            to_predictions(sample, reference["field"], class_names),
-            to_predictions(sample, fast["field"], class_names),
-        )
-        matched += result.matched
-        total_ref += result.total_a
-        total_fast += result.total_b
-        min_iou = min(min_iou, result.min_mask_iou)
-        max_diff = max(max_diff, result.max_score_diff)
-    return {
-        "matched": matched,
-        "reference_detections": total_ref,
-        "fast_detections": total_fast,
-        "min_mask_iou": min_iou,
-        "max_score_diff": max_diff,
-    }
+    return agreement_summary(
+        [
+            (
+                to_predictions(sample, reference["field"], class_names),
+                to_predictions(sample, fast["field"], class_names),
+            )
+            for sample in view
+        ]
+    )
 
 
 def main() -> int:
@@ -215,18 +151,7 @@ def main() -> int:
         "runs": {},
     }
     sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
-    reference_config = dataclasses.replace(
-        refseg.PAPER_PREDICT,
-        points_per_side=args.points_per_side,
-        legacy_coco_box=False,
-        points_batch_size=min(256, args.points_per_side**2),
-    )
-    # large prompt batches pay on GPUs; on a CPU they only raise peak memory
-    fast_config = dataclasses.replace(
-        refseg.FAST_PREDICT,
-        points_per_side=args.points_per_side,
-        points_batch_size=1024 if device.type == "cuda" else 64,
-    )
+    reference_config, fast_config = path_configs(args.points_per_side, device)
     for width, height, count in sizes:
         dataset = fo.Dataset(f"bench-{width}x{height}-{uuid.uuid4().hex[:6]}")
         dataset.add_samples(
@@ -270,41 +195,6 @@ def main() -> int:
     print(f"\nwrote {args.out}")
     fo.core.odm.database.get_db_client().drop_database(os.environ["FIFTYONE_DATABASE_NAME"])
     return 0
-
-
-def report(key: str, run: dict) -> None:
-    print(f"\n== {key} images")
-    stages = sorted(
-        set(run["reference"]["stage_ms_per_image"]) | set(run["fast"]["stage_ms_per_image"])
-    )
-    print(f"{'':24s}{'reference':>12s}{'fast':>12s}")
-    for name in (
-        "images_per_s",
-        "ms_per_image",
-        "share_outside_models",
-        "peak_host_mb",
-        "peak_device_mb",
-    ):
-        print(f"{name:24s}{run['reference'][name]:12.3f}{run['fast'][name]:12.3f}")
-    for stage in stages:
-        print(
-            f"  {stage + ' ms':22s}{run['reference']['stage_ms_per_image'].get(stage, 0):12.1f}"
-            f"{run['fast']['stage_ms_per_image'].get(stage, 0):12.1f}"
-        )
-    print(f"speed-up {run['speedup']:.2f}x; agreement {run['agreement']}")
-
-
-def machine(device: torch.device) -> dict:
-    info = {
-        "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def parse_args() -> argparse.Namespace:

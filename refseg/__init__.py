@@ -12,23 +12,36 @@ Typical use::
     refseg.predict(dataset.exclude(refs.values("id")), bank, "refseg")
 """
 
-from refseg.bank_builder import build_memory_bank
-from refseg.coco_metrics import EvaluationReport
-from refseg.config import (
-    FAST_PREDICT,
-    PAPER_MODELS,
-    PAPER_PREDICT,
-    PAPER_REFERENCE,
-    PredictConfig,
-    ReferenceConfig,
-)
-from refseg.evaluate import evaluate
-from refseg.fiftyone_io import list_banks, load_bank, save_bank
-from refseg.memory import MemoryBank, ReferenceRecord
-from refseg.predict import predict
-from refseg.predictions import Predictions
-from refseg.sampling import DEFAULT_TAG, reference_labels, sample_references
-from refseg.segmenter import Segmenter
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> the module defining it. Imported on first use (PEP 562), so the engine's
+# modules (segmenter, models, matching...) load without FiftyOne where no database exists,
+# e.g. on a GPU machine running benchmarks/benchmark_engine.py.
+_EXPORTS = {
+    "DEFAULT_TAG": "refseg.sampling",
+    "EvaluationReport": "refseg.coco_metrics",
+    "FAST_PREDICT": "refseg.config",
+    "MemoryBank": "refseg.memory",
+    "PAPER_MODELS": "refseg.config",
+    "PAPER_PREDICT": "refseg.config",
+    "PAPER_REFERENCE": "refseg.config",
+    "PredictConfig": "refseg.config",
+    "Predictions": "refseg.predictions",
+    "ReferenceConfig": "refseg.config",
+    "ReferenceRecord": "refseg.memory",
+    "Segmenter": "refseg.segmenter",
+    "build_memory_bank": "refseg.bank_builder",
+    "evaluate": "refseg.evaluation",
+    "list_banks": "refseg.fiftyone_io",
+    "load_bank": "refseg.fiftyone_io",
+    "predict": "refseg.inference",
+    "reference_labels": "refseg.sampling",
+    "sample_references": "refseg.sampling",
+    "save_bank": "refseg.fiftyone_io",
+}
 
 __all__ = [
     "DEFAULT_TAG",
@@ -52,3 +65,14 @@ __all__ = [
     "sample_references",
     "save_bank",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'refseg' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,17 +3,21 @@
 Each image has a noisy grey background and a few non-overlapping shapes. Three classes are
 "red_square", "green_disc" and "blue_triangle"; "yellow_square" appears only on negative
 images (images with none of the three classes). Ground truth is a ``fo.Detections`` field with
-masks cropped to their boxes.
+masks cropped to their boxes. Drawing needs only numpy and PIL; FiftyOne is imported by the two
+functions that make its objects, so engine benchmarks can draw images where it is not installed.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import fiftyone as fo
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import fiftyone as fo
 
 PALETTE = {
     "background": (0.5, 0.5, 0.5),
@@ -80,6 +84,8 @@ def random_shapes(
 
 def to_detection(shape: Shape, height: int, width: int) -> fo.Detection:
     """The shape as a FiftyOne detection with a mask cropped to its tight box."""
+    import fiftyone as fo
+
     rows, cols = np.nonzero(shape.mask)
     y1, y2, x1, x2 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     return fo.Detection(
@@ -104,6 +110,8 @@ def make_shapes_dataset(
     Positive images hold 1-3 shapes of ``CLASSES`` (every class appears often enough for a
     few shots); negative images hold only ``NEGATIVE_CLASS`` shapes and are tagged "negative".
     """
+    import fiftyone as fo
+
     rng = np.random.default_rng(seed)
     os.makedirs(image_dir, exist_ok=True)
     dataset = fo.Dataset(name, persistent=persistent)

@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refseg.coco_metrics import STAT_NAMES, ImageRecord, evaluate_records
-from refseg.evaluate import evaluate
+from refseg.evaluation import evaluate
 
 W, H = 128, 96
 

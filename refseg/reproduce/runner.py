@@ -40,11 +40,11 @@ from refseg.config import (
     PredictConfig,
     ReferenceConfig,
 )
-from refseg.evaluate import evaluate
+from refseg.evaluation import evaluate
 from refseg.fiftyone_io import list_banks, load_bank
+from refseg.inference import predict
 from refseg.memory import MemoryBank
 from refseg.models import ModelCache
-from refseg.predict import predict
 from refseg.reproduce.data import GT_FIELD, REFERENCES, TARGETS
 from refseg.reproduce.protocols import Protocol
 from refseg.sampling import sample_references

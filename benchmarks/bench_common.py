@@ -1,0 +1,161 @@
+"""What both benchmarks share: peak-memory sampling, the machine record, synthetic targets.
+
+Imports neither FiftyOne nor a database, so ``benchmark_engine.py`` runs where only torch,
+timm and sam2 are installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+
+from refseg.compare import agreement
+from refseg.config import FAST_PREDICT, PAPER_PREDICT, PredictConfig
+from refseg.predictions import Predictions
+from refseg.synthetic import CLASSES, random_shapes, render
+from refseg.timing import StageTimer
+
+MODEL_STAGES = ("sam2_encoder", "dinov2_encoder", "prompt_decoding")
+"""The stages inside the two image encoders and the prompt decoder."""
+
+
+class PeakMemory:
+    """Samples this process's resident memory (and CUDA's peak) while a block runs.
+
+    Attributes (after the block):
+        peak_host: bytes, the largest resident set size seen (sampled every ``interval`` s).
+        peak_device: bytes, ``torch.cuda.max_memory_allocated`` on CUDA, else 0.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.02) -> None:
+        self.device, self.interval = device, interval
+        self.peak_host = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_device = (
+            torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
+        )
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self._stop.is_set():
+            self.peak_host = max(self.peak_host, process.memory_info().rss)
+            time.sleep(self.interval)
+
+
+def target_images(directory: str, count: int, width: int, height: int, seed: int) -> list[str]:
+    """Writes ``count`` synthetic JPEG targets (shapes of the bank's classes on noise) and
+    returns their paths; drawn at most ~200 px high, then resized to ``width`` x ``height``."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    scale = max(1, min(width, height) // 200)
+    for index in range(count):
+        small_h, small_w = height // scale, width // scale
+        shapes = random_shapes(list(rng.choice(CLASSES, 3)), small_h, small_w, rng)
+        image = Image.fromarray(render(shapes, small_h, small_w, rng)).resize((width, height))
+        path = os.path.join(directory, f"target_{width}x{height}_{index:03d}.jpg")
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def machine(device: torch.device) -> dict:
+    """The machine a result was measured on."""
+    info = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def path_configs(points_per_side: int, device: torch.device) -> tuple[PredictConfig, PredictConfig]:
+    """The settings of the reference path (the paper's, tight boxes so boxes compare) and of
+    the fast path (``FAST_PREDICT``; large prompt batches pay on GPUs, on a CPU they only raise
+    peak memory)."""
+    reference = dataclasses.replace(
+        PAPER_PREDICT,
+        points_per_side=points_per_side,
+        legacy_coco_box=False,
+        points_batch_size=min(256, points_per_side**2),
+    )
+    fast = dataclasses.replace(
+        FAST_PREDICT,
+        points_per_side=points_per_side,
+        points_batch_size=1024 if device.type == "cuda" else 64,
+    )
+    return reference, fast
+
+
+def summarise(images: int, wall: float, timer: StageTimer, memory: PeakMemory) -> dict:
+    """One path's figures: rates, per-stage milliseconds per image, the share of the wall time
+    spent outside the model stages, and peak memory in MiB."""
+    model_time = sum(timer.seconds.get(stage, 0.0) for stage in MODEL_STAGES)
+    return {
+        "images": images,
+        "wall_s": wall,
+        "images_per_s": images / wall,
+        "ms_per_image": 1000 * wall / images,
+        "stage_ms_per_image": {k: 1000 * v / images for k, v in sorted(timer.seconds.items())},
+        "share_outside_models": 1.0 - model_time / wall,
+        "peak_host_mb": memory.peak_host / 2**20,
+        "peak_device_mb": memory.peak_device / 2**20,
+    }
+
+
+def agreement_summary(pairs: list[tuple[Predictions, Predictions]]) -> dict:
+    """Totals of ``refseg.compare.agreement`` over (reference, fast) prediction pairs."""
+    results = [agreement(reference, fast) for reference, fast in pairs]
+    return {
+        "matched": sum(r.matched for r in results),
+        "reference_detections": sum(r.total_a for r in results),
+        "fast_detections": sum(r.total_b for r in results),
+        "min_mask_iou": float(min((r.min_mask_iou for r in results), default=1.0)),
+        "max_score_diff": float(max((r.max_score_diff for r in results), default=0.0)),
+    }
+
+
+def report(key: str, run: dict) -> None:
+    """Prints one image size's reference and fast figures side by side."""
+    print(f"\n== {key} images")
+    stages = sorted(
+        set(run["reference"]["stage_ms_per_image"]) | set(run["fast"]["stage_ms_per_image"])
+    )
+    print(f"{'':24s}{'reference':>12s}{'fast':>12s}")
+    for name in (
+        "images_per_s",
+        "ms_per_image",
+        "share_outside_models",
+        "peak_host_mb",
+        "peak_device_mb",
+    ):
+        print(f"{name:24s}{run['reference'][name]:12.3f}{run['fast'][name]:12.3f}")
+    for stage in stages:
+        print(
+            f"  {stage + ' ms':22s}{run['reference']['stage_ms_per_image'].get(stage, 0):12.1f}"
+            f"{run['fast']['stage_ms_per_image'].get(stage, 0):12.1f}"
+        )
+    print(f"speed-up {run['speedup']:.2f}x; agreement {run['agreement']}")

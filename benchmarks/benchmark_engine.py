@@ -1,0 +1,215 @@
+"""Times refseg's engine alone, without FiftyOne or a database: fast path against reference path.
+
+    python benchmarks/benchmark_engine.py                        # CPU, random weights, small models
+    python benchmarks/benchmark_engine.py --device cuda --sam2 sam2_hiera_large \\
+        --dinov2 dinov2_vitl14 --points-per-side 32 --images 32 --batch-size 8
+
+For machines that have torch, timm and sam2 but no FiftyOne and no MongoDB (a bare GPU box):
+image files are decoded and resized, segmented by ``refseg.Segmenter`` (both encoders, prompt
+decoding, matching, NMS, soft merge, mask upsampling) and kept as ``Predictions``. What
+``refseg.predict`` adds around the engine, building FiftyOne labels and writing them to the
+database, is not timed here; ``benchmark_predict.py`` times it (about 10 ms per image on a CPU).
+
+The two paths, on the same models and images in one process:
+- reference: the paper's settings, one image at a time, the ``sam2`` package's own decoder,
+  images decoded in the loop;
+- fast: ``refseg.FAST_PREDICT``, ``--batch-size`` images a batch, the decoder's image work shared,
+  the next batch decoded by ``--num-workers`` threads while the current one runs.
+The bank holds one synthetic reference per class, encoded with the encoder under test. Results
+go to a JSON file (``--out``, default ``benchmarks/results/engine-<device>.json``) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+import torch
+from bench_common import (
+    PeakMemory,
+    agreement_summary,
+    machine,
+    path_configs,
+    report,
+    summarise,
+    target_images,
+)
+
+from refseg.config import PredictConfig, ReferenceConfig
+from refseg.encoding import crop_reference, encode_crops
+from refseg.images import load_image
+from refseg.memory import MemoryBank, ReferenceRecord
+from refseg.models import Dinov2Encoder, ModelCache, Sam2Proposer, build_encoder, build_proposer
+from refseg.predictions import Predictions
+from refseg.segmenter import Segmenter
+from refseg.synthetic import CLASSES, random_shapes, render
+from refseg.timing import StageTimer
+
+
+def synthetic_bank(encoder, proposer, seed: int = 0) -> MemoryBank:
+    """One reference per class of ``refseg.synthetic``: a drawn shape with its exact mask."""
+    rng = np.random.default_rng(seed)
+    config = ReferenceConfig()
+    crops, records = [], []
+    for index, label in enumerate(CLASSES):
+        (shape,) = random_shapes([label], 200, 240, rng)
+        image = torch.from_numpy(render([shape], 200, 240, rng)).permute(2, 0, 1) / 255.0
+        rows, cols = np.nonzero(shape.mask)
+        box = (
+            float(cols.min()),
+            float(rows.min()),
+            float(cols.max() + 1 - cols.min()),
+            float(rows.max() + 1 - rows.min()),
+        )
+        mask = torch.from_numpy(shape.mask)
+        crops.append(crop_reference(image, mask, box, encoder.input_size, config))
+        records.append(ReferenceRecord("", f"synthetic-{index}", f"ref-{index}", label, "", box))
+    prototypes, _ = encode_crops(encoder, crops, config)
+    return MemoryBank(
+        class_names=CLASSES,
+        prototypes=prototypes.numpy().astype(np.float32),
+        labels=np.arange(len(CLASSES), dtype=np.int64),
+        references=tuple(records),
+        encoder=dict(encoder.identity),
+        proposer=dict(proposer.identity),
+        settings=config,
+    )
+
+
+def decoded_batches(
+    paths: list[str], size: int, batch_size: int, workers: int
+) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """Yields (B, 3, S, S) images and their original sizes; with workers, the next batch is
+    decoded while the caller works on the current one."""
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+
+    def load(batch: list[str]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        loaded = [load_image(path, size) for path in batch]
+        return torch.stack([image for image, _ in loaded]), [s for _, s in loaded]
+
+    if workers == 0:
+        yield from map(load, batches)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = pool.submit(load, batches[0])
+        for following in batches[1:] + [None]:
+            ready = pending.result()
+            if following is not None:
+                pending = pool.submit(load, following)
+            yield ready
+
+
+def run_path(
+    models: tuple[Sam2Proposer, Dinov2Encoder],
+    bank: MemoryBank,
+    config: PredictConfig,
+    paths: list[str],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> tuple[dict, list[Predictions]]:
+    """Segments every image with one path's settings; returns its figures and predictions."""
+    timer = StageTimer(device)
+    segmenter = Segmenter(*models, bank, config, timer=timer)
+    predictions: list[Predictions] = []
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        batches = decoded_batches(paths, segmenter.proposer.image_size, batch_size, workers)
+        while True:
+            with timer("decode_resize"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            predictions.extend(segmenter.segment_batch(*batch))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    return summarise(len(paths), wall, timer, memory), predictions
+
+
+def main() -> int:
+    args = parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    random_weights = args.sam2_checkpoint is None and args.dinov2_checkpoint is None
+    cache = ModelCache()
+    weights = dict(pretrained=not random_weights, device=device, cache=cache)
+    proposer = build_proposer(args.sam2, checkpoint=args.sam2_checkpoint, **weights)
+    encoder = build_encoder(args.dinov2, checkpoint=args.dinov2_checkpoint, **weights)
+    bank = synthetic_bank(encoder, proposer)
+    reference_config, fast_config = path_configs(args.points_per_side, device)
+    reference_models = (proposer.with_decoder("library"), encoder)
+
+    results = {
+        "machine": machine(device),
+        "models": {"sam2": args.sam2, "dinov2": args.dinov2, "random_weights": random_weights},
+        "points_per_side": args.points_per_side,
+        "excluded": "FiftyOne label building and database writes (see benchmark_predict.py)",
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="refseg-engine-") as workdir:
+        paths = target_images(workdir, args.images, args.width, args.height, seed=1)
+        # one small pass of each path first: CUDA context, kernel selection, allocator pools
+        for models, config in (
+            (reference_models, reference_config),
+            ((proposer, encoder), fast_config),
+        ):
+            warmup = dataclasses.replace(config, points_per_side=4, points_batch_size=16)
+            run_path(models, bank, warmup, paths[:1], 1, 0, device)
+        reference_run, reference_predictions = run_path(
+            reference_models, bank, reference_config, paths, 1, 0, device
+        )
+        fast_run, fast_predictions = run_path(
+            (proposer, encoder),
+            bank,
+            fast_config,
+            paths,
+            min(args.batch_size, len(paths)),
+            args.num_workers,
+            device,
+        )
+    key = f"{args.width}x{args.height}"
+    results["runs"][key] = {
+        "reference": reference_run,
+        "fast": fast_run,
+        "speedup": fast_run["images_per_s"] / reference_run["images_per_s"],
+        "agreement": agreement_summary(list(zip(reference_predictions, fast_predictions))),
+    }
+    report(key, results["runs"][key])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=4, help="target images per path")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--sam2", default="sam2.1_hiera_tiny")
+    parser.add_argument("--dinov2", default="dinov2_vits14")
+    parser.add_argument("--sam2-checkpoint", default=None)
+    parser.add_argument("--dinov2-checkpoint", default=None)
+    parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4, help="images a batch, fast path")
+    parser.add_argument("--num-workers", type=int, default=1, help="decoding threads, fast path")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=None, help="JSON results file")
+    args = parser.parse_args()
+    if args.out is None:
+        name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        args.out = os.path.join(os.path.dirname(__file__), "results", f"engine-{name}.json")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
