@@ -147,10 +147,13 @@ def _first_layer(
     queries = layer.norm3(queries + layer.mlp(queries))
 
     # Image-to-token: the image's queries are shared, the prompt-side keys and values are not.
+    # The queries are copied per prompt rather than broadcast: a stride-0 batch has given
+    # silently wrong results in a CUDA attention kernel (pytorch/pytorch#191937), and the
+    # copy is cheap next to the projection it replaces.
     to_tokens = layer.cross_attn_image_to_token
     k = _heads(to_tokens.k_proj(queries + prompt_tokens), to_tokens.num_heads)
     v = _heads(to_tokens.v_proj(queries), to_tokens.num_heads)
-    image_queries = state.first_image_queries.expand(n, -1, -1, -1)
+    image_queries = state.first_image_queries.expand(n, -1, -1, -1).contiguous()
     attended = F.scaled_dot_product_attention(image_queries, k, v)
     keys = layer.norm4(state.image_tokens + to_tokens.out_proj(_merge_heads(attended)))
     return queries, keys
