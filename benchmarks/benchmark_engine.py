@@ -8,7 +8,7 @@ For machines that have torch, timm and sam2 but no FiftyOne and no MongoDB (a ba
 image files are decoded and resized, segmented by ``refseg.Segmenter`` (both encoders, prompt
 decoding, matching, NMS, soft merge, mask upsampling) and kept as ``Predictions``. What
 ``refseg.predict`` adds around the engine, building FiftyOne labels and writing them to the
-database, is not timed here; ``benchmark_predict.py`` times it (about 10 ms per image on a CPU).
+database, is not timed here; ``benchmark_predict.py`` times it (see README.md).
 
 The two paths, on the same models and images in one process:
 - reference: the paper's settings, one image at a time, the ``sam2`` package's own decoder,
