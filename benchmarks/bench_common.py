@@ -6,7 +6,9 @@ timm and sam2 are installed.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -20,6 +22,7 @@ from PIL import Image
 
 from refseg.compare import agreement
 from refseg.config import FAST_PREDICT, PAPER_PREDICT, PredictConfig
+from refseg.models import Dinov2Encoder, Sam2Proposer, build_encoder, build_proposer
 from refseg.predictions import Predictions
 from refseg.synthetic import CLASSES, random_shapes, render
 from refseg.timing import StageTimer
@@ -159,3 +162,53 @@ def report(key: str, run: dict) -> None:
             f"{run['fast']['stage_ms_per_image'].get(stage, 0):12.1f}"
         )
     print(f"speed-up {run['speedup']:.2f}x; agreement {run['agreement']}")
+
+
+def benchmark_arguments(description: str) -> argparse.ArgumentParser:
+    """The options both benchmarks take: images, models, prompt grid, batching, device, output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--images", type=int, default=4, help="target images per path")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--sam2", default="sam2.1_hiera_tiny")
+    parser.add_argument("--dinov2", default="dinov2_vits14")
+    parser.add_argument("--sam2-checkpoint", default=None)
+    parser.add_argument("--dinov2-checkpoint", default=None)
+    parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4, help="images a batch, fast path")
+    parser.add_argument("--num-workers", type=int, default=1, help="decoding workers, fast path")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--out", default=None, help="JSON results file")
+    return parser
+
+
+def results_path(args: argparse.Namespace, prefix: str = "") -> str:
+    """``--out``, or ``benchmarks/results/<prefix><device>.json``."""
+    if args.out is not None:
+        return args.out
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return os.path.join(os.path.dirname(__file__), "results", f"{prefix}{name}.json")
+
+
+def write_results(results: dict, path: str) -> None:
+    """Writes the JSON results and says where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+def build_models(args: argparse.Namespace) -> tuple[Sam2Proposer, Dinov2Encoder, dict]:
+    """The proposer and encoder of ``args`` (random weights unless a checkpoint is given) on
+    ``--device``, and the results header naming the machine, models and prompt grid."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    random_weights = args.sam2_checkpoint is None and args.dinov2_checkpoint is None
+    weights = dict(pretrained=not random_weights, device=device)
+    proposer = build_proposer(args.sam2, checkpoint=args.sam2_checkpoint, **weights)
+    encoder = build_encoder(args.dinov2, checkpoint=args.dinov2_checkpoint, **weights)
+    header = {
+        "machine": machine(device),
+        "models": {"sam2": args.sam2, "dinov2": args.dinov2, "random_weights": random_weights},
+        "points_per_side": args.points_per_side,
+    }
+    return proposer, encoder, header

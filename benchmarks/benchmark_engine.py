@@ -21,10 +21,7 @@ go to a JSON file (``--out``, default ``benchmarks/results/engine-<device>.json`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
 import sys
 import tempfile
 import time
@@ -36,18 +33,21 @@ import torch
 from bench_common import (
     PeakMemory,
     agreement_summary,
-    machine,
+    benchmark_arguments,
+    build_models,
     path_configs,
     report,
+    results_path,
     summarise,
     target_images,
+    write_results,
 )
 
 from refseg.config import PredictConfig, ReferenceConfig
 from refseg.encoding import crop_reference, encode_crops
 from refseg.images import load_image
 from refseg.memory import MemoryBank, ReferenceRecord
-from refseg.models import Dinov2Encoder, ModelCache, Sam2Proposer, build_encoder, build_proposer
+from refseg.models import Dinov2Encoder, Sam2Proposer
 from refseg.predictions import Predictions
 from refseg.segmenter import Segmenter
 from refseg.synthetic import CLASSES, random_shapes, render
@@ -136,21 +136,15 @@ def run_path(
 
 
 def main() -> int:
-    args = parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    random_weights = args.sam2_checkpoint is None and args.dinov2_checkpoint is None
-    cache = ModelCache()
-    weights = dict(pretrained=not random_weights, device=device, cache=cache)
-    proposer = build_proposer(args.sam2, checkpoint=args.sam2_checkpoint, **weights)
-    encoder = build_encoder(args.dinov2, checkpoint=args.dinov2_checkpoint, **weights)
+    args = benchmark_arguments(__doc__.split("\n\n")[0]).parse_args()
+    proposer, encoder, header = build_models(args)
+    device = proposer.device
     bank = synthetic_bank(encoder, proposer)
     reference_config, fast_config = path_configs(args.points_per_side, device)
     reference_models = (proposer.with_decoder("library"), encoder)
 
     results = {
-        "machine": machine(device),
-        "models": {"sam2": args.sam2, "dinov2": args.dinov2, "random_weights": random_weights},
-        "points_per_side": args.points_per_side,
+        **header,
         "excluded": "FiftyOne label building and database writes (see benchmark_predict.py)",
         "runs": {},
     }
@@ -183,32 +177,8 @@ def main() -> int:
         "agreement": agreement_summary(list(zip(reference_predictions, fast_predictions))),
     }
     report(key, results["runs"][key])
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(results, results_path(args, prefix="engine-"))
     return 0
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=4, help="target images per path")
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--sam2", default="sam2.1_hiera_tiny")
-    parser.add_argument("--dinov2", default="dinov2_vits14")
-    parser.add_argument("--sam2-checkpoint", default=None)
-    parser.add_argument("--dinov2-checkpoint", default=None)
-    parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4, help="images a batch, fast path")
-    parser.add_argument("--num-workers", type=int, default=1, help="decoding threads, fast path")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=None, help="JSON results file")
-    args = parser.parse_args()
-    if args.out is None:
-        name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        args.out = os.path.join(os.path.dirname(__file__), "results", f"engine-{name}.json")
-    return args
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ table on stdout; README.md summarises them.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,19 +29,20 @@ os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"refseg-bench-{uuid.uuid4().hex
 
 import fiftyone as fo  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from bench_common import (  # noqa: E402
     PeakMemory,
     agreement_summary,
-    machine,
+    benchmark_arguments,
+    build_models,
     path_configs,
     report,
+    results_path,
     summarise,
     target_images,
+    write_results,
 )
 
 import refseg  # noqa: E402
-from refseg.models import ModelCache, build_encoder, build_proposer  # noqa: E402
 from refseg.predictions import Predictions  # noqa: E402
 from refseg.synthetic import CLASSES, make_shapes_dataset  # noqa: E402
 from refseg.timing import StageTimer  # noqa: E402
@@ -113,24 +112,9 @@ def compare(view, reference: dict, fast: dict, class_names) -> dict:
 
 def main() -> int:
     args = parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    random_weights = args.sam2_checkpoint is None and args.dinov2_checkpoint is None
+    proposer, encoder, header = build_models(args)
+    device = proposer.device
     workdir = tempfile.mkdtemp(prefix="refseg-bench-")
-    cache = ModelCache()
-    proposer = build_proposer(
-        args.sam2,
-        checkpoint=args.sam2_checkpoint,
-        pretrained=not random_weights,
-        device=device,
-        cache=cache,
-    )
-    encoder = build_encoder(
-        args.dinov2,
-        checkpoint=args.dinov2_checkpoint,
-        pretrained=not random_weights,
-        device=device,
-        cache=cache,
-    )
     models = {"proposer": proposer, "encoder": encoder}
     reference_models = {"proposer": proposer.with_decoder("library"), "encoder": encoder}
     references = make_shapes_dataset(
@@ -145,9 +129,7 @@ def main() -> int:
     )
 
     results = {
-        "machine": machine(device),
-        "models": {"sam2": args.sam2, "dinov2": args.dinov2, "random_weights": random_weights},
-        "points_per_side": args.points_per_side,
+        **header,
         "runs": {},
     }
     sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
@@ -189,40 +171,15 @@ def main() -> int:
             "agreement": compare(dataset, reference, fast, bank.class_names),
         }
         report(key, results["runs"][key])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(results, results_path(args))
     fo.core.odm.database.get_db_client().drop_database(os.environ["FIFTYONE_DATABASE_NAME"])
     return 0
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=4, help="target images per run")
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--sam2", default="sam2.1_hiera_tiny")
-    parser.add_argument("--dinov2", default="dinov2_vits14")
-    parser.add_argument("--sam2-checkpoint", default=None)
-    parser.add_argument("--dinov2-checkpoint", default=None)
-    parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument(
-        "--batch-size", type=int, default=4, help="images per batch on the fast path"
-    )
-    parser.add_argument(
-        "--num-workers", type=int, default=1, help="decoding workers on the fast path"
-    )
-    parser.add_argument("--device", default=None)
+def parse_args():
+    parser = benchmark_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--large", action="store_true", help="also one 4000x3000 (12 MP) image")
-    parser.add_argument(
-        "--out", default=None, help="JSON results (default benchmarks/results/<device>.json)"
-    )
-    args = parser.parse_args()
-    if args.out is None:
-        name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        args.out = os.path.join(os.path.dirname(__file__), "results", f"{name}.json")
-    return args
+    return parser.parse_args()
 
 
 if __name__ == "__main__":
