@@ -174,7 +174,9 @@ def main() -> int:
         "reference": reference_run,
         "fast": fast_run,
         "speedup": fast_run["images_per_s"] / reference_run["images_per_s"],
-        "agreement": agreement_summary(list(zip(reference_predictions, fast_predictions))),
+        "agreement": agreement_summary(
+            list(zip(reference_predictions, fast_predictions, strict=True))
+        ),
     }
     report(key, results["runs"][key])
     write_results(results, results_path(args, prefix="engine-"))
