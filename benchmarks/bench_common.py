@@ -102,7 +102,6 @@ def path_configs(points_per_side: int, device: torch.device) -> tuple[PredictCon
     reference = dataclasses.replace(
         PAPER_PREDICT,
         points_per_side=points_per_side,
-        legacy_coco_box=False,
         points_batch_size=min(256, points_per_side**2),
     )
     fast = dataclasses.replace(

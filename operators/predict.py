@@ -129,7 +129,10 @@ def settings_inputs(inputs) -> None:
         "score_threshold",
         default=defaults.score_threshold,
         label="Score threshold",
-        description="Detections scoring at or below are dropped",
+        description=(
+            "Detections whose final confidence (after the soft merge of overlapping masks) "
+            "is at or below this are dropped"
+        ),
     )
     inputs.int(
         "max_detections",

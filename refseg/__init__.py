@@ -22,9 +22,11 @@ from typing import Any
 # e.g. on a GPU machine running benchmarks/benchmark_engine.py.
 _EXPORTS = {
     "DEFAULT_TAG": "refseg.sampling",
+    "EvaluateConfig": "refseg.config",
     "EvaluationReport": "refseg.coco_metrics",
     "FAST_PREDICT": "refseg.config",
     "MemoryBank": "refseg.memory",
+    "PAPER_EVALUATE": "refseg.config",
     "PAPER_MODELS": "refseg.config",
     "PAPER_PREDICT": "refseg.config",
     "PAPER_REFERENCE": "refseg.config",
@@ -45,9 +47,11 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_TAG",
+    "EvaluateConfig",
     "EvaluationReport",
     "FAST_PREDICT",
     "MemoryBank",
+    "PAPER_EVALUATE",
     "PAPER_MODELS",
     "PAPER_PREDICT",
     "PAPER_REFERENCE",

@@ -181,6 +181,7 @@ def _run(dataset, args: argparse.Namespace) -> None:
         config=refseg.PAPER_PREDICT if args.paper else refseg.PredictConfig(),
     )
     eval_key = f"{args.pred_field}_eval"
+    evaluate_config = refseg.PAPER_EVALUATE if args.paper else refseg.EvaluateConfig()
     report = refseg.evaluate(
         targets,
         args.pred_field,
@@ -188,6 +189,7 @@ def _run(dataset, args: argparse.Namespace) -> None:
         eval_key=eval_key,
         classes=bank.class_names,
         overwrite=args.overwrite,
+        legacy_coco_box=evaluate_config.legacy_coco_box,
     )
     if args.random_weights:
         print("RANDOM WEIGHTS: these numbers check the installation, not the method.")

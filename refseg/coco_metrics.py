@@ -13,8 +13,19 @@ Conventions (the ones of COCO and detectron2, so numbers compare with papers):
 - A category without (non-crowd) ground truth gets precision -1 in COCOeval and is left out of
   every mean, exactly as in the paper's evaluation (its 20 novel classes have ground truth).
   Its per-class AP is reported as NaN.
-- Result areas follow ``COCO.loadRes``: box area for ``"bbox"``, mask area for ``"segm"``.
-  The ground truth has one area, its mask area, used by both (as in COCO's annotation files).
+- Results are fed as the research code feeds them: one list of dicts carrying both ``bbox``
+  and ``segmentation``, loaded once with ``COCO.loadRes`` and used for both evaluations.
+  ``loadRes`` then sets every result's ``area`` to its box area ``w * h``, so the area ranges
+  (small / medium / large) of the ``"segm"`` statistics also sort results by box area. The
+  ground truth's ``area`` is its mask area, used by both evaluations (COCO's annotation files
+  store the segmentation's area; the research code reads that stored value).
+- ``legacy_coco_box=True`` gives each bbox result the research code's box, measured on the
+  result's mask with inclusive maxima: ``[x1, y1, x2 - x1, y2 - y1]`` with x2, y2 the last
+  mask column and row, one pixel short of the tight box (its area is then the short box's
+  too). The ``segmentation`` is the exact mask either way.
+- Absolute box coordinates within 1e-6 pixel of an integer are snapped to it: FiftyOne stores
+  relative boxes, and a pixel-aligned box read back is off by ~1e-13 pixel, which would move
+  a box of area exactly 32^2 or 96^2 (counted in both neighbouring COCO area ranges) into one.
 """
 
 from __future__ import annotations
@@ -42,6 +53,9 @@ STAT_NAMES: tuple[str, ...] = (
     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
 )  # fmt: skip
 """Names of ``COCOeval.stats`` in order (AP/AR over IoU .50:.95 unless named otherwise)."""
+
+PIXEL_SNAP = 1e-6
+"""Absolute box coordinates this close to an integer (pixels) are taken as that integer."""
 
 _STAT_LINES: tuple[tuple[str, str, str, int], ...] = (
     ("Average Precision  (AP)", "0.50:0.95", "all", 100),
@@ -86,7 +100,9 @@ class CocoInputs:
     Attributes:
         dataset: a COCO ground-truth dict (``images``, ``annotations``, ``categories``).
         results: COCO result dicts, each with ``image_id``, ``category_id``, ``score``,
-            ``bbox`` (absolute ``[x, y, w, h]`` pixels) and ``segmentation`` (full-image RLE).
+            ``bbox`` (absolute ``[x, y, w, h]`` pixels: the detection's box, or the research
+            code's one-pixel-short box with ``legacy_coco_box``) and ``segmentation``
+            (full-image RLE of the exact mask).
     """
 
     dataset: dict[str, Any]
@@ -141,10 +157,14 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def to_coco(records: Sequence[ImageRecord], classes: Sequence[str] = ()) -> CocoInputs:
+def to_coco(
+    records: Sequence[ImageRecord], classes: Sequence[str] = (), *, legacy_coco_box: bool = False
+) -> CocoInputs:
     """Converts per-image detections to COCO dicts; image ids are 1..N in record order.
 
-    Boxes: relative box times the image size, not rounded. Masks: the box-cropped mask is
+    Boxes: relative box times the image size, not rounded (but snapped to whole pixels within
+    1e-6, see the module docstring); with ``legacy_coco_box`` a result's bbox is the research
+    code's box of its mask instead. Masks: the box-cropped mask is
     pasted into an all-false (H, W) image at the box's rounded pixel corners (resized with
     nearest neighbour first if its shape differs from the box's pixel size, clipped to the
     image) and stored as RLE. A detection without a mask falls back to its box: a filled
@@ -154,6 +174,9 @@ def to_coco(records: Sequence[ImageRecord], classes: Sequence[str] = ()) -> Coco
     Args:
         records: the images, each with ground truth and predictions.
         classes: extra category names to create even if no detection carries them.
+        legacy_coco_box: give results the research code's one-pixel-short box (computed from
+            the mask: ``[x1, y1, x2 - x1, y2 - y1]``, inclusive maxima; ``[0, 0, 0, 0]`` for an
+            empty mask, as the research code's ``batched_mask_to_box``). Masks are unchanged.
 
     Raises:
         ValueError: a detection has no label, a prediction has no confidence, or an image
@@ -171,7 +194,7 @@ def to_coco(records: Sequence[ImageRecord], classes: Sequence[str] = ()) -> Coco
         for det in record.ground_truth:
             annotations.append(_gt_annotation(det, record, image_id, category_ids))
         for det in record.predictions:
-            results.append(_result(det, record, image_id, category_ids))
+            results.append(_result(det, record, image_id, category_ids, legacy_coco_box))
     for ann_id, ann in enumerate(annotations, start=1):
         ann["id"] = ann_id
     categories = [{"id": i, "name": name} for name, i in category_ids.items()]
@@ -180,14 +203,19 @@ def to_coco(records: Sequence[ImageRecord], classes: Sequence[str] = ()) -> Coco
 
 
 def evaluate_records(
-    records: Sequence[ImageRecord], *, classes: Sequence[str] | None = None
+    records: Sequence[ImageRecord],
+    *,
+    classes: Sequence[str] | None = None,
+    legacy_coco_box: bool = False,
 ) -> EvaluationReport:
     """Converts ``records`` with :func:`to_coco` and evaluates them with :func:`evaluate_coco`."""
-    return evaluate_coco(to_coco(records, classes or ()), classes=classes)
+    inputs = to_coco(records, classes or (), legacy_coco_box=legacy_coco_box)
+    return evaluate_coco(inputs, classes=classes)
 
 
 def evaluate_coco(inputs: CocoInputs, *, classes: Sequence[str] | None = None) -> EvaluationReport:
-    """Runs pycocotools ``COCOeval`` (default parameters) for ``"bbox"`` and ``"segm"``.
+    """Runs pycocotools ``COCOeval`` (default parameters) for ``"bbox"`` and ``"segm"``, on
+    results loaded once with ``COCO.loadRes`` (see the module docstring for their areas).
 
     Args:
         inputs: ground truth and results, e.g. from :func:`to_coco`.
@@ -205,9 +233,9 @@ def evaluate_coco(inputs: CocoInputs, *, classes: Sequence[str] | None = None) -
     name_of = {c["id"]: c["name"] for c in inputs.dataset["categories"]}
     cat_ids = _select_categories(name_of, inputs.dataset["annotations"], inputs.results, classes)
     ground_truth = _coco_index(inputs.dataset)
+    detections = _load_results(ground_truth, inputs)
     stats, per_class = {}, {}
     for iou_type in IOU_TYPES:
-        detections = _coco_index(_results_dataset(inputs, iou_type))
         stats[iou_type], per_class[iou_type] = _run_cocoeval(
             ground_truth, detections, iou_type, cat_ids, name_of
         )
@@ -231,7 +259,7 @@ def _check_size(record: ImageRecord) -> None:
 def _gt_annotation(
     det: fo.Detection, record: ImageRecord, image_id: int, category_ids: dict[str, int]
 ) -> dict[str, Any]:
-    rle = _full_image_rle(det, record)
+    rle = _rle(_full_image_mask(det, record))
     return {
         "image_id": image_id,
         "category_id": category_ids[det.label],
@@ -243,30 +271,58 @@ def _gt_annotation(
 
 
 def _result(
-    det: fo.Detection, record: ImageRecord, image_id: int, category_ids: dict[str, int]
+    det: fo.Detection,
+    record: ImageRecord,
+    image_id: int,
+    category_ids: dict[str, int],
+    legacy_coco_box: bool,
 ) -> dict[str, Any]:
     if det.confidence is None:
         raise ValueError(
             f"a {det.label!r} prediction in image {record.name!r} has no confidence; "
             "COCO AP ranks predictions by score, so set `confidence` on every prediction"
         )
+    mask = _full_image_mask(det, record)
     return {
         "image_id": image_id,
         "category_id": category_ids[det.label],
         "score": float(det.confidence),
-        "bbox": _absolute_box(det, record),
-        "segmentation": _full_image_rle(det, record),
+        "bbox": _legacy_box(mask) if legacy_coco_box else _absolute_box(det, record),
+        "segmentation": _rle(mask),
     }
 
 
 def _absolute_box(det: fo.Detection, record: ImageRecord) -> list[float]:
-    """Relative [x, y, w, h] -> absolute [x, y, w, h] pixels, unrounded."""
+    """Relative [x, y, w, h] -> absolute [x, y, w, h] pixels, unrounded but for the snapping
+    of float noise to whole pixels (x2 and y2 are snapped, then w and h taken from them)."""
     x, y, w, h = det.bounding_box
-    return [x * record.width, y * record.height, w * record.width, h * record.height]
+    x1, y1 = _snap(x * record.width), _snap(y * record.height)
+    x2, y2 = _snap((x + w) * record.width), _snap((y + h) * record.height)
+    return [x1, y1, x2 - x1, y2 - y1]
 
 
-def _full_image_rle(det: fo.Detection, record: ImageRecord) -> dict[str, Any]:
-    """The detection's mask (or its box) as an (H, W) image, RLE-encoded."""
+def _snap(value: float) -> float:
+    """``value`` pixels, replaced by the nearest integer when within 1e-6 of it."""
+    nearest = round(value)
+    return float(nearest) if abs(value - nearest) <= PIXEL_SNAP else float(value)
+
+
+def _legacy_box(mask: np.ndarray) -> list[float]:
+    """The research code's COCO box of an (H, W) mask: ``[x1, y1, x2 - x1, y2 - y1]`` with
+    inclusive maxima (one pixel short of the tight box); ``[0, 0, 0, 0]`` when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    x1, y1, x2, y2 = cols[0], rows[0], cols[-1], rows[-1]
+    return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def _full_image_mask(det: fo.Detection, record: ImageRecord) -> np.ndarray:
+    """The detection's mask (or its box) pasted into an all-false (H, W) bool image."""
     x, y, w, h = det.bounding_box
     x0, x1 = round(x * record.width), round((x + w) * record.width)
     y0, y1 = round(y * record.height), round((y + h) * record.height)
@@ -278,7 +334,7 @@ def _full_image_rle(det: fo.Detection, record: ImageRecord) -> dict[str, Any]:
     cx1, cy1 = min(x1, record.width), min(y1, record.height)
     if cx1 > cx0 and cy1 > cy0:
         full[cy0:cy1, cx0:cx1] = crop[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    return mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+    return full
 
 
 def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -313,14 +369,15 @@ def _select_categories(
     return sorted(id_of[name] for name in set(classes))
 
 
-def _results_dataset(inputs: CocoInputs, iou_type: str) -> dict[str, Any]:
-    """Results as a COCO dataset, as ``COCO.loadRes`` would build them (also when empty)."""
-    annotations = []
-    for ann_id, res in enumerate(inputs.results, start=1):
-        box, rle = res["bbox"], res["segmentation"]
-        area = box[2] * box[3] if iou_type == "bbox" else mask_utils.area(rle)
-        annotations.append({**res, "id": ann_id, "iscrowd": 0, "area": float(area)})
-    return {**inputs.dataset, "annotations": annotations}
+def _load_results(ground_truth: COCO, inputs: CocoInputs) -> COCO:
+    """The results indexed by ``COCO.loadRes`` as the research code loads them (each result's
+    ``area`` becomes its box area); an empty index when there is no result, which
+    ``loadRes`` cannot load."""
+    if not inputs.results:
+        return _coco_index({**inputs.dataset, "annotations": []})
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes writes id, area and iscrowd into the dicts it is given: give it copies
+        return ground_truth.loadRes([dict(result) for result in inputs.results])
 
 
 def _coco_index(dataset: dict[str, Any]) -> COCO:

@@ -1,15 +1,20 @@
 """The method's settings as frozen dataclasses, with the ``paper`` presets.
 
 Every number of ``../shared/design/method.md`` is a field here. ``PAPER_REFERENCE`` and
-``PAPER_PREDICT`` reproduce the published pipeline exactly; the product defaults differ from them
-only by fixes that cannot change results on ordinary inputs (see each field).
+``PAPER_PREDICT`` reproduce the published pipeline exactly, and ``PAPER_EVALUATE`` measures it
+as the research code did; the product defaults differ from them only by fixes that cannot change
+results on ordinary inputs (see each field).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
 
 MaskDownsample = Literal["area", "nearest"]
 MergeResolution = Literal["full", "low"]
@@ -62,10 +67,14 @@ class PredictConfig:
         nms_keep_factor: at most ``nms_keep_factor * max_detections`` candidates survive NMS.
         merge_exponent: soft merge decay, ``score *= (1 - d) ** merge_exponent``.
         max_detections: the most detections returned per image.
-        score_threshold: candidates with semantic score <= this are dropped after NMS (the
-            paper's 0.0 drops only candidates with no positive similarity to any class).
-        legacy_coco_box: True outputs the research code's box, one pixel short in width and
-            height (x2 = last mask column); False outputs the tight box (x2 = last column + 1).
+        candidate_score_threshold: candidates whose semantic score (before the soft merge) is
+            <= this are dropped right after NMS. This is the paper's own filter: its 0.0 drops
+            only candidates with no positive similarity to any class.
+        score_threshold: detections whose final score (after the soft merge, for either
+            ``merge_resolution``) is <= this are dropped before the top ``max_detections`` are
+            taken; None keeps every final score. ``PAPER_PREDICT`` has None because the paper
+            filtered only before the merge and kept the detections the merge decays to 0 (they
+            are ranked last but still count for COCO recall); the product's 0.0 drops those.
         merge_resolution: "full" (the paper) measures the soft merge's overlaps on the
             full-resolution masks of every candidate; "low" measures them on the proposer's
             low-resolution grid and upsamples only the final detections (much faster and
@@ -82,8 +91,8 @@ class PredictConfig:
     nms_keep_factor: int = 8
     merge_exponent: float = 0.5
     max_detections: int = 100
-    score_threshold: float = 0.0
-    legacy_coco_box: bool = False
+    candidate_score_threshold: float = 0.0
+    score_threshold: float | None = 0.0
     merge_resolution: MergeResolution = "full"
     precision: Precision = "fp32"
 
@@ -106,6 +115,16 @@ class PredictConfig:
         _require(self.merge_exponent >= 0, "merge_exponent must be >= 0", self.merge_exponent)
         _require(self.max_detections >= 1, "max_detections must be >= 1", self.max_detections)
         _require(
+            _is_number(self.candidate_score_threshold),
+            "candidate_score_threshold must be a number",
+            self.candidate_score_threshold,
+        )
+        _require(
+            self.score_threshold is None or _is_number(self.score_threshold),
+            "score_threshold must be a number or None (no final filter)",
+            self.score_threshold,
+        )
+        _require(
             self.merge_resolution in ("full", "low"),
             "merge_resolution must be 'full' or 'low'",
             self.merge_resolution,
@@ -121,12 +140,57 @@ class PredictConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PredictConfig":
+        """Builds the settings from :meth:`to_dict`'s output, also from an older one.
+
+        Dicts stored before ``legacy_coco_box`` moved to evaluation (bank runs, reproduction
+        summaries) hold that key and no ``candidate_score_threshold``; their
+        ``score_threshold`` was the filter before the merge. They load as what they ran:
+        ``candidate_score_threshold`` = their ``score_threshold``, no final filter, and the
+        box option dropped with a logged note (predictions always carry tight boxes now; the
+        one-pixel-short COCO box is ``refseg.evaluate(..., legacy_coco_box=True)``).
+        """
+        values = dict(values)
+        if "legacy_coco_box" in values and "candidate_score_threshold" not in values:
+            values["candidate_score_threshold"] = values.pop("score_threshold", 0.0)
+            values["score_threshold"] = None
+            logger.info(
+                "PredictConfig: stored settings of an older refseg: score_threshold=%r filtered "
+                "before the merge, now candidate_score_threshold; legacy_coco_box=%r is ignored "
+                "(predictions have tight boxes; pass legacy_coco_box to refseg.evaluate instead)",
+                values["candidate_score_threshold"],
+                values.pop("legacy_coco_box"),
+            )
+        return _from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How predictions are turned into COCO results for evaluation.
+
+    Attributes:
+        legacy_coco_box: True gives each COCO bbox result the research code's box, one pixel
+            short in width and height (``[x1, y1, x2 - x1, y2 - y1]`` with x2, y2 the last mask
+            column and row), so its published bbox numbers are reproduced; the masks and the
+            labels in FiftyOne are never changed. False uses the tight box.
+    """
+
+    legacy_coco_box: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EvaluateConfig":
         return _from_dict(cls, values)
 
 
 def _require(condition: bool, message: str, value: Any) -> None:
     if not condition:
         raise ValueError(f"{message}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -141,8 +205,13 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
 PAPER_REFERENCE = ReferenceConfig(context_ratio=0.2, mask_downsample="nearest")
 """Stage 1-2 settings of the published numbers."""
 
-PAPER_PREDICT = PredictConfig(drop_incomplete_point_batch=True, legacy_coco_box=True)
+PAPER_PREDICT = PredictConfig(
+    drop_incomplete_point_batch=True, candidate_score_threshold=0.0, score_threshold=None
+)
 """Stage 3 settings of the published numbers (all other fields are already the paper's)."""
+
+PAPER_EVALUATE = EvaluateConfig(legacy_coco_box=True)
+"""Evaluation as the research code did it: COCO bbox results one pixel short."""
 
 FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="bf16")
 """The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 on GPUs."""

@@ -10,6 +10,9 @@ FiftyOne's mAP against pycocotools (fiftyone 1.22.1, pycocotools 2.0.11; checked
 pinned by ``tests/test_evaluate.py``). FiftyOne's mAP is COCO AP over IoU .50:.95, area "all",
 at most 100 predictions per image and class, averaged over the classes that have ground truth,
 so it is to be compared with ``report.segm["AP"]`` (masks) or ``report.bbox["AP"]`` (boxes).
+The pycocotools results are fed as the research code fed them (``refseg.coco_metrics``): each
+result carries its box and its mask, and ``COCO.loadRes`` gives it its box area, which sorts it
+into the small / medium / large ranges of both tables; area "all" (the mAP) does not use areas.
 
 - Ordinary data (distinct confidences, masks cropped to pixel-aligned boxes as
   ``fo.Detection.from_mask`` makes them): equal to 1e-6, including shifted, missing, extra and
@@ -35,6 +38,9 @@ so it is to be compared with ``report.segm["AP"]`` (masks) or ``report.bbox["AP"
   ``use_masks=True`` :func:`evaluate` refuses before storing a run (use ``use_masks=False``).
 - IoU thresholds: pycocotools' 0.9 is the float 0.8999999999999999, FiftyOne's is 0.9; only
   an IoU strictly between the two could be matched differently (not tested).
+- ``legacy_coco_box=True``: ``report.bbox`` measures the research code's one-pixel-short
+  boxes while a box-IoU FiftyOne run (``use_masks=False``) measures the labels' own boxes, so
+  those two differ; ``report.segm`` and a mask-IoU run are unaffected.
 - Only pycocotools reports the other 11 statistics (AP50, AP75, areas, AR) and per-class AP.
 """
 
@@ -59,6 +65,7 @@ def evaluate(
     classes: Sequence[str] | None = None,
     use_masks: bool = True,
     overwrite: bool = False,
+    legacy_coco_box: bool = False,
 ) -> EvaluationReport:
     """Evaluates ``pred_field`` against ``gt_field`` on ``view`` with COCO AP (bbox and segm).
 
@@ -78,6 +85,10 @@ def evaluate(
             ``report.segm["AP"]``; every detection needs a mask) or by box IoU (False: compare
             with ``report.bbox["AP"]``). Only used with ``eval_key``.
         overwrite: replace an existing evaluation run named ``eval_key``.
+        legacy_coco_box: measure the bbox table on the research code's boxes, one pixel short
+            in width and height (derived from each prediction's mask, as the research code
+            did; ``refseg.config.PAPER_EVALUATE`` sets it), to reproduce its published bbox
+            numbers. The labels and the masks are not changed. False uses the labels' boxes.
 
     Returns:
         The :class:`~refseg.coco_metrics.EvaluationReport`; ``report.table()`` prints it.
@@ -95,7 +106,7 @@ def evaluate(
             "pass overwrite=True to replace it or choose another eval_key"
         )
     records = _read_records(view, pred_field, gt_field)
-    report = evaluate_records(records, classes=classes)
+    report = evaluate_records(records, classes=classes, legacy_coco_box=legacy_coco_box)
     if eval_key is None:
         return report
     if use_masks:

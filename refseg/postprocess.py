@@ -163,7 +163,10 @@ def apply_decay(scores: np.ndarray, decay: np.ndarray, exponent: float) -> np.nd
     return (scores * np.power(1.0 - decay, exponent)).astype(np.float32)
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, descending (stable on ties)."""
+def top_k(scores: np.ndarray, k: int, threshold: float | None = None) -> np.ndarray:
+    """Indices of the k highest scores above ``threshold`` (all when None), descending
+    (stable on ties)."""
     order = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        order = order[scores[order] > threshold]
     return order[:k]

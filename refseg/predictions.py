@@ -12,8 +12,9 @@ class Predictions:
     """Instance predictions of one image, indexed together.
 
     Attributes:
-        boxes: (N, 4) float32 XYXY, original-image pixels (x2, y2 exclusive unless the
-            ``legacy_coco_box`` option made them one pixel short).
+        boxes: (N, 4) float32 XYXY tight boxes of the masks, original-image pixels, x2 and y2
+            exclusive (the research code's one-pixel-short box is an evaluation setting:
+            ``refseg.evaluate(..., legacy_coco_box=True)``).
         masks: length-N tuple of (h_i, w_i) bool arrays, each the instance mask cropped to its
             box ``boxes[i]`` rounded to whole pixels, as FiftyOne stores masks.
         scores: (N,) float32 final scores in [0, 1], descending.

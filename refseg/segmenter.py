@@ -153,7 +153,7 @@ class Segmenter:
         )
 
     def _suppress(self, candidates: Candidates) -> Candidates:
-        """Class-aware NMS ranked by predicted IoU, the cap, then the score threshold."""
+        """Class-aware NMS ranked by predicted IoU, the cap, then the candidate threshold."""
         keep = suppress(
             candidates.logits > 0,
             candidates.iou,
@@ -162,12 +162,13 @@ class Segmenter:
             max_kept=self.config.nms_keep_factor * self.config.max_detections,
         )
         candidates = candidates.select(keep)
-        return candidates.select(candidates.scores > self.config.score_threshold)
+        return candidates.select(candidates.scores > self.config.candidate_score_threshold)
 
     def _merge_full_resolution(
         self, candidates: Candidates, image_size: tuple[int, int]
     ) -> Predictions:
-        """The paper: every candidate at full resolution, the soft merge there, then top-k."""
+        """The paper: every candidate at full resolution, the soft merge there, then the final
+        score threshold and top-k."""
         with self.timer("mask_upsampling"):
             crops, boxes = full_resolution_masks(candidates.logits, image_size)
         with self.timer("merge"):
@@ -181,7 +182,7 @@ class Segmenter:
                 decay,
                 self.config.merge_exponent,
             )
-            best = top_k(scores, self.config.max_detections)
+            best = top_k(scores, self.config.max_detections, self.config.score_threshold)
         return self._predictions(
             [crops[i] for i in best], boxes[non_empty][best], scores[best], labels[best], image_size
         )
@@ -189,14 +190,18 @@ class Segmenter:
     def _merge_low_resolution(
         self, candidates: Candidates, image_size: tuple[int, int]
     ) -> Predictions:
-        """The fast path: the soft merge on the low-resolution masks, then only the top-k
-        detections are upsampled (a final mask empty at full resolution is dropped)."""
+        """The fast path: the soft merge on the low-resolution masks, the final score threshold,
+        then only the top-k detections are upsampled (a final mask empty at full resolution is
+        dropped)."""
         with self.timer("merge"):
             decay = semantic_decay_dense(
                 candidates.logits > 0, candidates.labels, candidates.features
             )
             scores = candidates.scores * (1.0 - decay).pow(self.config.merge_exponent)
-            best = torch.argsort(scores, descending=True, stable=True)[: self.config.max_detections]
+            best = torch.argsort(scores, descending=True, stable=True)
+            if self.config.score_threshold is not None:
+                best = best[scores[best] > self.config.score_threshold]
+            best = best[: self.config.max_detections]
         with self.timer("mask_upsampling"):
             crops, boxes = full_resolution_masks(candidates.logits[best], image_size)
         non_empty = np.array([crop.any() for crop in crops], dtype=bool)
@@ -216,12 +221,9 @@ class Segmenter:
         labels: np.ndarray,
         image_size: tuple[int, int],
     ) -> Predictions:
-        """Final detections in output form (legacy boxes one pixel short when asked)."""
-        out_boxes = boxes.astype(np.float32)
-        if self.config.legacy_coco_box:
-            out_boxes[:, 2:] -= 1
+        """Final detections in output form: each mask with its tight box."""
         return Predictions(
-            boxes=out_boxes,
+            boxes=boxes.astype(np.float32),
             masks=tuple(crops),
             scores=scores.astype(np.float32),
             labels=labels.astype(np.int64),

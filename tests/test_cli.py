@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import fiftyone as fo
 import pytest
+from stand_ins import PaletteEncoder, ShapeProposer
 
+import refseg.bank_builder
+import refseg.evaluation
+import refseg.inference
 from refseg.cli import main
+from refseg.synthetic import make_shapes_dataset
 
 
 @pytest.fixture
@@ -27,6 +32,37 @@ def test_missing_weights_name_every_file_and_where_to_put_it(empty_model_zoo, ca
 def test_run_refuses_an_unknown_dataset(capsys):
     assert main(["run", "--dataset", "no-such-dataset-xyz", "--random-weights"]) == 2
     assert "No FiftyOne dataset named 'no-such-dataset-xyz'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("paper", [False, True])
+def test_run_evaluates_paper_mode_with_the_research_code_boxes(
+    paper, dataset_name, tmp_path, monkeypatch, capsys
+):
+    """``run --paper`` evaluates with the one-pixel-short COCO boxes, ``run`` with tight ones
+    (the stand-in models replace SAM2 and DINOv2 here)."""
+    make_shapes_dataset(dataset_name, str(tmp_path), num_positive=4, num_negative=1)
+    for module, name in ((refseg.bank_builder, "build_memory_bank"), (refseg.inference, "predict")):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda *a, _real=real, **k: _real(
+                *a, **{**k, "proposer": ShapeProposer(), "encoder": PaletteEncoder()}
+            ),
+        )
+    evaluated = []
+    real_evaluate = refseg.evaluation.evaluate
+
+    def evaluate(*args, **kwargs):
+        evaluated.append(kwargs.get("legacy_coco_box", False))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(refseg.evaluation, "evaluate", evaluate)
+    # 16 x 16 = 256 prompts: one whole batch, which paper mode does not drop
+    argv = ["run", "--dataset", dataset_name, "--random-weights", "--points-per-side", "16"]
+    assert main(argv + (["--paper"] if paper else [])) == 0
+    assert evaluated == [paper]
+    assert "Average Precision" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
 Each scene is a list of images; each object is a full-image boolean mask with a label (and a
 score for predictions). The reference numbers come from pycocotools fed with COCO dicts built
-here straight from those full masks, so refseg's converter (box-cropped ``fo.Detection`` masks
-pasted back into the image) is checked as well as the evaluation.
+here straight from those full masks, the way the research code feeds it: one list of results
+carrying both ``bbox`` and ``segmentation``, loaded once with ``COCO.loadRes`` (which gives every
+result its box area, for the segm evaluation too) and evaluated for bbox then segm. So refseg's
+converter (box-cropped ``fo.Detection`` masks pasted back into the image) is checked as well as
+the evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from refseg.coco_metrics import STAT_NAMES, ImageRecord, evaluate_records
+from refseg.coco_metrics import STAT_NAMES, ImageRecord, evaluate_records, to_coco
 from refseg.evaluation import evaluate
 
 W, H = 128, 96
@@ -57,6 +60,41 @@ BIG, MID, SMALL = ell(4, 2, 124, 94), rect(60, 30, 100, 70), rect(5, 70, 25, 90)
 GT = [[Obj("cat", BIG), Obj("dog", MID)], [Obj("cat", SMALL), Obj("dog", rect(70, 10, 110, 50))]]
 
 
+def ring(x0: int, y0: int, x1: int, y1: int, thickness: int) -> np.ndarray:
+    """A hollow rectangle: its mask area is far below its box area."""
+    mask = rect(x0, y0, x1, y1)
+    mask[y0 + thickness : y1 - thickness, x0 + thickness : x1 - thickness] = False
+    return mask
+
+
+# Objects on both sides of COCO's area limits 32^2 and 96^2 (small <= 1024 <= medium <= 9216),
+# by mask area, by tight box area and by the research code's one-pixel-short box area:
+#   ring(10, 10, 46, 46, 3): mask 396, box 36^2 = 1296
+#   rect(60, 10, 92, 42): 32 x 32 = 1024 exactly, in both ranges (short box 31^2 = 961)
+#   ring(2, 1, 102, 95, 10): mask 3480, box 100 x 94 = 9400 (short box 99 x 93 = 9207)
+#   ring(60, 50, 94, 84, 2): mask 256, box 34^2 = 1156 (short box 33^2 = 1089)
+#   rect(95, 50, 128, 83): 33 x 33 = 1089 (short box 32^2 = 1024)
+#   ring(0, 0, 97, 96, 5): mask 1830, box 97 x 96 = 9312 (short box 96 x 95 = 9120)
+LIMITS_GT = [
+    [Obj("cat", ring(10, 10, 46, 46, 3)), Obj("dog", rect(60, 10, 92, 42))],
+    [Obj("cat", ring(2, 1, 102, 95, 10)), Obj("dog", rect(105, 10, 125, 40))],
+]
+LIMITS_PRED = [
+    [
+        Obj("cat", ring(11, 10, 47, 46, 3), 0.9),
+        Obj("cat", ring(60, 50, 94, 84, 2), 0.95),  # a false positive, small by mask only
+        Obj("dog", rect(60, 10, 92, 42), 0.8),
+        Obj("dog", rect(95, 50, 128, 83), 0.85),  # a false positive, 32^2 by the short box
+    ],
+    [
+        Obj("cat", ring(3, 2, 102, 95, 10), 0.85),
+        Obj("cat", ring(0, 0, 97, 96, 5), 0.7),  # a duplicate, large by its tight box only
+        Obj("dog", rect(106, 11, 126, 40), 0.6),
+        Obj("dog", rect(10, 20, 40, 60), 0.65),  # a false positive, medium by every measure
+    ],
+]
+
+
 def perfect() -> list[list[Obj]]:
     return [[Obj(o.label, o.mask, 0.9 - 0.1 * i) for i, o in enumerate(img)] for img in GT]
 
@@ -79,14 +117,25 @@ SCENES = {
     ),
     "empty": (GT, [[], []]),
     "absent_class": (GT, [perfect()[0] + [Obj("bird", rect(0, 0, 30, 30), 0.99)], perfect()[1]]),
+    "area_limits": (LIMITS_GT, LIMITS_PRED),
 }
 
 
-def reference_stats(gt: list[list[Obj]], preds: list[list[Obj]]) -> dict[str, np.ndarray]:
-    """pycocotools on COCO dicts built directly from the full masks (detectron2's way)."""
+def reference_stats(
+    gt: list[list[Obj]],
+    preds: list[list[Obj]],
+    *,
+    legacy_box: bool = False,
+    segm_results_without_box: bool = False,
+    size: tuple[int, int] = (W, H),
+) -> dict[str, np.ndarray]:
+    """pycocotools on COCO dicts built directly from the full masks, fed the research code's
+    way: results with box and mask, one ``loadRes``, bbox then segm. ``legacy_box`` gives the
+    results the research code's one-pixel-short box; ``segm_results_without_box`` feeds the
+    segm evaluation mask-only results instead (detectron2's way: mask areas), for contrast."""
     names = sorted({o.label for img in (*gt, *preds) for o in img})
     cat = {name: i for i, name in enumerate(names, start=1)}
-    images = [{"id": i, "width": W, "height": H} for i in range(1, len(gt) + 1)]
+    images = [{"id": i, "width": size[0], "height": size[1]} for i in range(1, len(gt) + 1)]
     annotations = []
     for image_id, objs in enumerate(gt, start=1):
         for o in objs:
@@ -99,19 +148,18 @@ def reference_stats(gt: list[list[Obj]], preds: list[list[Obj]]) -> dict[str, np
     coco_gt.dataset = {"images": images, "annotations": annotations,
                        "categories": [{"id": i, "name": n} for n, i in cat.items()]}  # fmt: skip
     coco_gt.createIndex()
+    box = short_box if legacy_box else tight_box
+    results = [
+        {"image_id": i, "category_id": cat[o.label], "score": o.score,
+         "bbox": box(o.mask), "segmentation": rle(o.mask)}
+        for i, objs in enumerate(preds, start=1) for o in objs
+    ]  # fmt: skip
+    coco_dt = coco_gt.loadRes(results) if results else empty_results(coco_gt)
     stats = {}
     for iou_type in ("bbox", "segm"):
-        # as detectron2 does: box results for bbox, mask results (no box) for segm
-        geometry = (
-            (lambda m: {"bbox": tight_box(m)})
-            if iou_type == "bbox"
-            else (lambda m: {"segmentation": rle(m)})
-        )
-        results = [
-            {"image_id": i, "category_id": cat[o.label], "score": o.score, **geometry(o.mask)}
-            for i, objs in enumerate(preds, start=1) for o in objs
-        ]  # fmt: skip
-        coco_dt = coco_gt.loadRes(results) if results else empty_results(coco_gt)
+        if iou_type == "segm" and segm_results_without_box and results:
+            masks_only = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+            coco_dt = coco_gt.loadRes(masks_only)
         coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
@@ -126,6 +174,13 @@ def tight_box(mask: np.ndarray) -> list[float]:
     return [x0, y0, xs.max() + 1 - x0, ys.max() + 1 - y0]
 
 
+def short_box(mask: np.ndarray) -> list[float]:
+    """The research code's box: inclusive maxima, so width and height one pixel short."""
+    ys, xs = np.nonzero(mask)
+    x0, y0 = float(xs.min()), float(ys.min())
+    return [x0, y0, xs.max() - x0, ys.max() - y0]
+
+
 def rle(mask: np.ndarray) -> dict:
     return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
 
@@ -137,18 +192,21 @@ def empty_results(coco_gt: COCO) -> COCO:
     return coco_dt
 
 
-def records(gt: list[list[Obj]], preds: list[list[Obj]]) -> list[ImageRecord]:
+def records(
+    gt: list[list[Obj]], preds: list[list[Obj]], size: tuple[int, int] = (W, H)
+) -> list[ImageRecord]:
     return [
-        ImageRecord(W, H, [o.detection() for o in g], [o.detection() for o in p], name=f"img{i}")
+        ImageRecord(*size, [o.detection() for o in g], [o.detection() for o in p], name=f"img{i}")
         for i, (g, p) in enumerate(zip(gt, preds))
     ]
 
 
+@pytest.mark.parametrize("legacy_box", [False, True], ids=["tight_box", "legacy_box"])
 @pytest.mark.parametrize("scene", sorted(SCENES))
-def test_every_statistic_equals_pycocotools(scene: str) -> None:
+def test_every_statistic_equals_pycocotools(scene: str, legacy_box: bool) -> None:
     gt, preds = SCENES[scene]
-    report = evaluate_records(records(gt, preds))
-    expected = reference_stats(gt, preds)
+    report = evaluate_records(records(gt, preds), legacy_coco_box=legacy_box)
+    expected = reference_stats(gt, preds, legacy_box=legacy_box)
     for iou_type in ("bbox", "segm"):
         got = getattr(report, iou_type)
         assert list(got) == list(STAT_NAMES)
@@ -157,6 +215,63 @@ def test_every_statistic_equals_pycocotools(scene: str) -> None:
         # the mean over classes with ground truth is pycocotools' AP
         per_class = [v for v in report.per_class_ap[iou_type].values() if not math.isnan(v)]
         assert got["AP"] == pytest.approx(np.mean(per_class), abs=1e-12)
+
+
+def test_area_limit_fixture_separates_box_areas_from_mask_areas() -> None:
+    """The fixture is not vacuous: the statistics by area range depend on which area each
+    result gets, so the test above pins the research code's choice (box areas, for segm too)."""
+    gt, preds = SCENES["area_limits"]
+    research = reference_stats(gt, preds)
+    mask_areas = reference_stats(gt, preds, segm_results_without_box=True)
+    legacy = reference_stats(gt, preds, legacy_box=True)
+    by_area = [STAT_NAMES.index(n) for n in ("AP_small", "AP_medium", "AP_large")]
+    for stats in (mask_areas, legacy):
+        assert np.abs(stats["segm"][by_area] - research["segm"][by_area]).max() > 0.01
+    assert np.abs(legacy["bbox"][by_area] - research["bbox"][by_area]).max() > 0.01
+    # the boxes do not change what a mask matches: area "all" is the same in all three
+    assert mask_areas["segm"][0] == legacy["segm"][0] == research["segm"][0]
+
+
+def test_legacy_box_is_one_pixel_short_and_keeps_the_mask() -> None:
+    mask = np.zeros((300, 400), dtype=bool)
+    mask[5:145, 7:244] = True  # 140 x 237
+    record = ImageRecord(400, 300, predictions=[Obj("cat", mask, 0.9).detection()])
+    tight, legacy = (to_coco([record], legacy_coco_box=flag).results[0] for flag in (False, True))
+    assert tight["bbox"] == [7.0, 5.0, 237.0, 140.0]
+    assert legacy["bbox"] == [7.0, 5.0, 236.0, 139.0]
+    for result in (tight, legacy):
+        assert mask_utils.area(result["segmentation"]) == 140 * 237
+        np.testing.assert_array_equal(mask_utils.decode(result["segmentation"]), mask)
+
+
+def test_pixel_aligned_boxes_on_an_area_limit_count_in_both_ranges() -> None:
+    """FiftyOne stores relative boxes: on a 237 x 140 image these two 32 x 32 boxes read back
+    as 1023.9999999999995 and 1024.000000000001 square pixels. refseg snaps them to 32^2 =
+    1024, so both false positives count in "small" and in "medium", as integer boxes do."""
+    width, height = 237, 140
+
+    def box(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        mask = np.zeros((height, width), dtype=bool)
+        mask[y0:y1, x0:x1] = True
+        return mask
+
+    small, medium = box(10, 10, 30, 30), box(100, 10, 140, 50)
+    gt = [[Obj("cat", small), Obj("cat", medium)]]
+    preds = [
+        [
+            Obj("cat", small, 0.8),
+            Obj("cat", medium, 0.8),
+            Obj("cat", box(150, 80, 182, 112), 0.9),
+            Obj("cat", box(180, 60, 212, 92), 0.9),
+        ]
+    ]
+    report = evaluate_records(records(gt, preds, (width, height)))
+    expected = reference_stats(gt, preds, size=(width, height))
+    for iou_type in ("bbox", "segm"):
+        got = list(getattr(report, iou_type).values())
+        np.testing.assert_allclose(got, expected[iou_type], rtol=0, atol=1e-12)
+        by_area = [got[STAT_NAMES.index(n)] for n in ("AP_small", "AP_medium")]
+        assert by_area == [pytest.approx(1 / 3)] * 2  # both false positives rank first in both
 
 
 def test_perfect_predictions_give_one_and_empty_give_zero() -> None:

@@ -48,7 +48,7 @@ def test_fast_path_gives_the_reference_detections(models_and_bank):
         proposer.with_decoder("library"),
         encoder,
         bank,
-        dataclasses.replace(PAPER_PREDICT, legacy_coco_box=False, points_batch_size=32, **grid),
+        dataclasses.replace(PAPER_PREDICT, points_batch_size=32, **grid),
     )
     fast = refseg.Segmenter(proposer, encoder, bank, dataclasses.replace(FAST_PREDICT, **grid))
     # the reference path: one image at a time, prompts in batches of 32 through the sam2

@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import fiftyone as fo
+import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from stand_ins import PaletteEncoder, ShapeProposer
 
 import refseg
-from refseg.config import PredictConfig
+from refseg.coco_metrics import ImageRecord, to_coco
+from refseg.config import PAPER_PREDICT, PredictConfig
+from refseg.images import load_image
 from refseg.synthetic import CLASSES, make_shapes_dataset
 
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50)
@@ -115,12 +119,71 @@ def test_soft_merge_removes_the_part_masks(setup):
     assert refseg.evaluate(positives, "pred_merge", "ground_truth").segm["AP"] > 0.9
 
 
-def test_max_detections_and_score_threshold(setup):
+def test_max_detections(setup):
     _, bank, targets = setup
     run(targets, bank, "pred_top1", config=dataclasses.replace(CONFIG, max_detections=1))
     assert max(len(d.detections) for d in targets.values("pred_top1")) == 1
-    run(targets, bank, "pred_thresh", config=dataclasses.replace(CONFIG, score_threshold=0.5))
-    assert min(targets.values("pred_thresh.detections.confidence", unwind=True)) > 0.0
+
+
+def described(detections: fo.Detections) -> list[tuple]:
+    return [(d.label, d.bounding_box, d.confidence) for d in detections.detections]
+
+
+@pytest.mark.parametrize("resolution", ["full", "low"])
+def test_score_threshold_applies_to_final_scores(setup, resolution):
+    _, bank, targets = setup
+    unfiltered = dataclasses.replace(CONFIG, merge_resolution=resolution, score_threshold=None)
+    run(targets, bank, f"pred_all_{resolution}", config=unfiltered)
+    run(
+        targets,
+        bank,
+        f"pred_05_{resolution}",
+        config=dataclasses.replace(unfiltered, score_threshold=0.5),
+    )
+    # the paper's filter before the merge (what score_threshold used to be) keeps low finals
+    before_merge = dataclasses.replace(unfiltered, candidate_score_threshold=0.5)
+    run(targets, bank, f"pred_pre05_{resolution}", config=before_merge)
+    confidences = targets.values(f"pred_05_{resolution}.detections.confidence", unwind=True)
+    assert len(confidences) > 0 and min(confidences) > 0.5
+    low_finals = targets.values(f"pred_pre05_{resolution}.detections.confidence", unwind=True)
+    assert min(low_finals) <= 0.5
+    # exactly the unfiltered detections whose final score is above 0.5, in the same order
+    everything = targets.values(f"pred_all_{resolution}")
+    for every, kept in zip(everything, targets.values(f"pred_05_{resolution}")):
+        assert described(kept) == [d for d in described(every) if d[2] > 0.5]
+    assert sum(len(d.detections) for d in everything) > len(confidences)
+
+
+def test_paper_mode_labels_have_tight_boxes_and_evaluate_as_predicted(setup):
+    """Paper mode and the default settings write the same masks with the same tight boxes
+    (the research code's one-pixel-short box is an evaluation setting), and the evaluation
+    reads back exactly the predicted masks: no mask is squeezed into a shorter box."""
+    _, bank, targets = setup
+    same = dict(points_per_side=12, points_batch_size=48)  # 144 prompts: no batch to drop
+    default = dataclasses.replace(PredictConfig(), merge_resolution="full", **same)
+    run(targets, bank, "pred_paper", config=dataclasses.replace(PAPER_PREDICT, **same))
+    run(targets, bank, "pred_default", config=default)
+    checked = 0
+    columns = targets.values(["metadata.width", "metadata.height", "pred_paper", "pred_default"])
+    for width, height, paper, other in zip(*columns):
+        assert described(paper) == described(other)
+        for a, b in zip(paper.detections, other.detections):
+            np.testing.assert_array_equal(a.mask, b.mask)
+            x, y, w, h = a.bounding_box
+            assert a.mask.shape == (round(h * height), round(w * width))
+        results = to_coco([ImageRecord(width, height, predictions=paper.detections)]).results
+        for detection, result in zip(paper.detections, results):
+            assert mask_utils.area(result["segmentation"]) == detection.mask.sum()
+            checked += 1
+    assert checked > 0
+    # the segmenter's own boxes are the masks' tight boxes in paper mode
+    config = dataclasses.replace(PAPER_PREDICT, **same)
+    segmenter = refseg.Segmenter(ShapeProposer(), PaletteEncoder(), bank, config)
+    image, size = load_image(targets.match_tags("negative", bool=False).first().filepath, 128)
+    predictions = segmenter.segment_batch(image[None], [size])[0]
+    assert len(predictions) > 0
+    sizes = np.array([mask.shape[::-1] for mask in predictions.masks])
+    np.testing.assert_array_equal(predictions.boxes[:, 2:] - predictions.boxes[:, :2], sizes)
 
 
 def test_batching_does_not_change_results(setup):

@@ -17,7 +17,13 @@ from pycocotools import mask as mask_utils
 from stand_ins import PaletteEncoder, ShapeProposer
 
 import refseg
-from refseg.config import PredictConfig, ReferenceConfig
+from refseg.config import (
+    PAPER_EVALUATE,
+    PAPER_PREDICT,
+    EvaluateConfig,
+    PredictConfig,
+    ReferenceConfig,
+)
 from refseg.reproduce import cli, runner
 from refseg.reproduce.data import GT_FIELD, REFERENCES, TARGETS, CocoSource, load_coco_dataset
 from refseg.reproduce.protocols import COCO_NOVEL_CLASSES
@@ -206,6 +212,37 @@ def test_custom_end_to_end_prints_table_and_summary(custom_files, dataset_name):
     dataset = fo.load_dataset(dataset_name)
     assert dataset.persistent and dataset.has_evaluation(job["eval_key"])
     assert job["bank_name"] in refseg.list_banks(dataset)
+    # the models' evaluate settings (here the paper's) decide the COCO boxes evaluated
+    assert STAND_IN_MODELS.evaluate == PAPER_EVALUATE
+    targets = dataset.match_tags(TARGETS)
+    reports = {
+        legacy: refseg.evaluate(
+            targets, job["pred_field"], GT_FIELD, classes=job["classes"], legacy_coco_box=legacy
+        )
+        for legacy in (True, False)
+    }
+    assert job["metrics"] == {"bbox": reports[True].bbox, "segm": reports[True].segm}
+    assert reports[True].bbox != reports[False].bbox
+    assert reports[True].segm == reports[False].segm  # the masks are never changed
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["coco"], PAPER_EVALUATE),
+        (["voc", "--split", "1"], PAPER_EVALUATE),
+        (["custom", "--references", "r.json", "--targets", "t.json", "--images", "i"], None),
+        (
+            ["custom", "--references", "r.json", "--targets", "t.json", "--images", "i",
+             "--settings", "paper"],
+            PAPER_EVALUATE,
+        ),
+    ],
+)  # fmt: skip
+def test_paper_settings_evaluate_with_the_research_code_boxes(command, expected):
+    models = cli.models_from_args(cli.parse_args(command))
+    assert models.evaluate == (expected or EvaluateConfig())
+    assert models.predict == (PAPER_PREDICT if expected else PredictConfig())
 
 
 class Interrupted(Exception):

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from refseg.config import PredictConfig, ReferenceConfig
+from refseg.config import (
+    PAPER_EVALUATE,
+    PAPER_PREDICT,
+    EvaluateConfig,
+    PredictConfig,
+    ReferenceConfig,
+)
 from refseg.encoding import crop_reference, instance_prototypes, patch_weights
 from refseg.geometry import context_crop, masks_to_boxes, point_grid
 from refseg.matching import class_scores, features_on_mask_grid, mask_features
@@ -238,6 +244,41 @@ def test_semantic_decay_of_nothing_is_empty():
 
 def test_top_k_is_descending_and_stable():
     assert top_k(np.array([0.2, 0.9, 0.2, 0.5], np.float32), 3).tolist() == [1, 3, 0]
+
+
+def test_top_k_drops_final_scores_at_or_below_the_threshold_first():
+    scores = np.array([0.2, 0.9, 0.5, 0.7, 0.0], np.float32)
+    assert top_k(scores, 3, threshold=0.5).tolist() == [1, 3]
+    assert top_k(scores, 1, threshold=0.5).tolist() == [1]
+    assert top_k(scores, 9, threshold=None).tolist() == [1, 3, 2, 0, 4]  # the paper keeps 0.0
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_paper_mode_filters_only_before_the_merge():
+    assert PAPER_PREDICT.candidate_score_threshold == 0.0
+    assert PAPER_PREDICT.score_threshold is None
+    assert PAPER_EVALUATE.legacy_coco_box and not EvaluateConfig().legacy_coco_box
+    for bad in (float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="score_threshold must be a number"):
+            PredictConfig(score_threshold=bad)
+    with pytest.raises(ValueError, match="candidate_score_threshold must be a number"):
+        PredictConfig(candidate_score_threshold=None)
+
+
+def test_settings_stored_by_an_older_refseg_load_as_what_they_ran(caplog):
+    old_paper = {**PAPER_PREDICT.to_dict(), "score_threshold": 0.0, "legacy_coco_box": True}
+    del old_paper["candidate_score_threshold"]
+    old_product = {**old_paper, "score_threshold": 0.5, "legacy_coco_box": False}
+    with caplog.at_level("INFO", logger="refseg.config"):
+        assert PredictConfig.from_dict(old_paper) == PAPER_PREDICT
+        product = PredictConfig.from_dict(old_product)
+    assert (product.candidate_score_threshold, product.score_threshold) == (0.5, None)
+    assert "legacy_coco_box" in caplog.text
+    assert PredictConfig.from_dict(PredictConfig().to_dict()) == PredictConfig()
+    with pytest.raises(ValueError, match="Unknown PredictConfig settings \\['typo'\\]"):
+        PredictConfig.from_dict({"typo": 1})
 
 
 # --- helpers -----------------------------------------------------------------------------

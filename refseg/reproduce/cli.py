@@ -34,9 +34,11 @@ import sys
 from typing import Sequence
 
 from refseg.config import (
+    PAPER_EVALUATE,
     PAPER_MODELS,
     PAPER_PREDICT,
     PAPER_REFERENCE,
+    EvaluateConfig,
     PredictConfig,
     ReferenceConfig,
 )
@@ -146,6 +148,7 @@ def models_from_args(args: argparse.Namespace):
         sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
         pretrained=not args.random_weights,
         reference=PAPER_REFERENCE if paper else ReferenceConfig(), predict=predict,
+        evaluate=PAPER_EVALUATE if paper else EvaluateConfig(),
         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
     )  # fmt: skip
 
@@ -216,7 +219,8 @@ def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
         choices=("paper", "product"),
         default=settings,
         help=(
-            "paper = PAPER_REFERENCE/PAPER_PREDICT with SAM 2.0 Hiera-L + DINOv2 ViT-L/14; product = "
+            "paper = PAPER_REFERENCE/PAPER_PREDICT/PAPER_EVALUATE with SAM 2.0 Hiera-L + DINOv2 "
+            "ViT-L/14; product = "
             f"the fixed defaults with SAM 2.1 Hiera-L (default {settings})"
         ),
     )

@@ -34,9 +34,11 @@ from fiftyone import ViewField as F
 from refseg.bank_builder import build_memory_bank
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import (
+    PAPER_EVALUATE,
     PAPER_MODELS,
     PAPER_PREDICT,
     PAPER_REFERENCE,
+    EvaluateConfig,
     PredictConfig,
     ReferenceConfig,
 )
@@ -62,6 +64,8 @@ class Models:
         pretrained: False = random weights (smoke runs only; the numbers mean nothing).
         reference: stage 1-2 settings.
         predict: stage 3 settings (``points_per_side`` included).
+        evaluate: how the predictions become COCO results (paper: the research code's
+            one-pixel-short bbox results).
         device: torch device; None = CUDA when available.
         batch_size: target images encoded together.
         num_workers: image-decoding processes; None = the engine's default.
@@ -74,6 +78,7 @@ class Models:
     pretrained: bool = True
     reference: ReferenceConfig = PAPER_REFERENCE
     predict: PredictConfig = PAPER_PREDICT
+    evaluate: EvaluateConfig = PAPER_EVALUATE
     device: str | None = None
     batch_size: int = 1
     num_workers: int | None = None
@@ -83,6 +88,7 @@ class Models:
         identity: dict[str, Any] = {
             "reference": self.reference.to_dict(),
             "predict": self.predict.to_dict(),
+            "evaluate": self.evaluate.to_dict(),
             "pretrained": self.pretrained,
         }
         if components is None:
@@ -212,6 +218,7 @@ def run_job(
             classes=classes,
             use_masks=all_have_masks(targets),
             overwrite=True,
+            legacy_coco_box=models.evaluate.legacy_coco_box,
         )
         steps["evaluate"] = "done"
         metrics, per_class = {"bbox": report.bbox, "segm": report.segm}, report.per_class_ap
