@@ -9,7 +9,7 @@ Typical use::
     import refseg
     refs = refseg.sample_references(dataset, "ground_truth", shots=5, seed=33)
     bank = refseg.build_memory_bank(refs, "ground_truth", tag="refseg:reference")
-    refseg.predict(dataset.exclude(refs.values("id")), bank, "refseg")
+    refseg.predict(dataset.exclude(refs.values("id")), bank, "refseg")  # the bank's models
 """
 
 from __future__ import annotations
@@ -21,17 +21,25 @@ from typing import Any
 # modules (segmenter, models, matching...) load without FiftyOne where no database exists,
 # e.g. on a GPU machine running benchmarks/benchmark_engine.py.
 _EXPORTS = {
+    "DEFAULT": "refseg.presets",
     "DEFAULT_TAG": "refseg.sampling",
     "EvaluationReport": "refseg.coco_metrics",
     "FAST_PREDICT": "refseg.config",
+    "FailureReport": "refseg.failures",
     "MemoryBank": "refseg.memory",
-    "PAPER_MODELS": "refseg.config",
+    "Models": "refseg.models.selection",
+    "PAPER": "refseg.presets",
+    "PAPER_MODELS": "refseg.presets",
     "PAPER_PREDICT": "refseg.config",
     "PAPER_REFERENCE": "refseg.config",
     "PredictConfig": "refseg.config",
+    "PredictResult": "refseg.inference",
     "Predictions": "refseg.predictions",
+    "Preset": "refseg.presets",
     "ReferenceConfig": "refseg.config",
     "ReferenceRecord": "refseg.memory",
+    "SampleError": "refseg.failures",
+    "SampleFailure": "refseg.failures",
     "Segmenter": "refseg.segmenter",
     "build_memory_bank": "refseg.bank_builder",
     "evaluate": "refseg.evaluation",
@@ -41,20 +49,29 @@ _EXPORTS = {
     "reference_labels": "refseg.sampling",
     "sample_references": "refseg.sampling",
     "save_bank": "refseg.fiftyone_io",
+    "segment_stream": "refseg.stream",
 }
 
 __all__ = [
+    "DEFAULT",
     "DEFAULT_TAG",
     "EvaluationReport",
     "FAST_PREDICT",
+    "FailureReport",
     "MemoryBank",
+    "Models",
+    "PAPER",
     "PAPER_MODELS",
     "PAPER_PREDICT",
     "PAPER_REFERENCE",
     "PredictConfig",
+    "PredictResult",
     "Predictions",
+    "Preset",
     "ReferenceConfig",
     "ReferenceRecord",
+    "SampleError",
+    "SampleFailure",
     "Segmenter",
     "build_memory_bank",
     "evaluate",
@@ -64,6 +81,7 @@ __all__ = [
     "reference_labels",
     "sample_references",
     "save_bank",
+    "segment_stream",
 ]
 
 

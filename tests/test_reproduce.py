@@ -21,12 +21,16 @@ from refseg.config import PredictConfig, ReferenceConfig
 from refseg.reproduce import cli, runner
 from refseg.reproduce.data import GT_FIELD, REFERENCES, TARGETS, CocoSource, load_coco_dataset
 from refseg.reproduce.protocols import COCO_NOVEL_CLASSES
-from refseg.reproduce.runner import Components, Models
+from refseg.models import Components
+from refseg.presets import Preset
+from refseg.reproduce.runner import RunSettings
 from refseg.synthetic import CLASSES, NEGATIVE_CLASS, random_shapes, render
 
-STAND_IN_MODELS = Models(
-    reference=ReferenceConfig(),
-    predict=PredictConfig(points_per_side=12, points_batch_size=50),
+STAND_IN_MODELS = RunSettings(
+    preset=Preset(
+        reference=ReferenceConfig(),
+        predict=PredictConfig(points_per_side=12, points_batch_size=50),
+    ),
     num_workers=0,
 )
 
