@@ -23,6 +23,7 @@ from typing import Any
 _EXPORTS = {
     "DEFAULT": "refseg.presets",
     "DEFAULT_TAG": "refseg.sampling",
+    "DatabaseUnavailableError": "refseg.database",
     "EvaluationReport": "refseg.coco_metrics",
     "FAST_PREDICT": "refseg.config",
     "FailureReport": "refseg.failures",
@@ -38,6 +39,7 @@ _EXPORTS = {
     "Preset": "refseg.presets",
     "ReferenceConfig": "refseg.config",
     "ReferenceRecord": "refseg.memory",
+    "RunLockedError": "refseg.locks",
     "SampleError": "refseg.failures",
     "SampleFailure": "refseg.failures",
     "Segmenter": "refseg.segmenter",
@@ -55,6 +57,7 @@ _EXPORTS = {
 __all__ = [
     "DEFAULT",
     "DEFAULT_TAG",
+    "DatabaseUnavailableError",
     "EvaluationReport",
     "FAST_PREDICT",
     "FailureReport",
@@ -70,6 +73,7 @@ __all__ = [
     "Preset",
     "ReferenceConfig",
     "ReferenceRecord",
+    "RunLockedError",
     "SampleError",
     "SampleFailure",
     "Segmenter",

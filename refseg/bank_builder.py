@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,8 +16,9 @@ from tqdm.auto import tqdm
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import ReferenceConfig
 from refseg.encoding import ReferenceCrop, crop_reference, encode_crops
-from refseg.fiftyone_io import chunked, save_bank
+from refseg.fiftyone_io import check_bank_name, chunked, save_bank
 from refseg.images import load_image
+from refseg.locks import RunLock
 from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.models import RANDOM, RANDOM_WEIGHTS, ModelCache, Models
 from refseg.references import absolute_box, label_mask, masks_from_boxes
@@ -90,6 +92,9 @@ def build_memory_bank(
             f"No labels {where}in field {gt_field!r} of the {len(reference_view)} samples given; "
             "tag references first (refseg.sample_references) or pass another view/field"
         )
+    dataset = reference_view._dataset
+    if name is not None:
+        check_bank_name(dataset, name, overwrite=overwrite)
     models = Models.of(
         sam2=sam2,
         dinov2=dinov2,
@@ -98,12 +103,24 @@ def build_memory_bank(
         dinov2_checkpoint=dinov2_checkpoint,
         base=models,
     )
-    cache = cache or ModelCache()
-    encoder = encoder or models.build_component("encoder", device=device, cache=cache)
-    needs_proposer = any(label.detection.mask is None for label in labels)
-    if needs_proposer and proposer is None:
-        proposer = models.build_component("proposer", device=device, cache=cache)
-    dataset_name = reference_view._dataset.name
+    lock = RunLock(dataset, f"bank:{name}", description=f"refseg.build_memory_bank {name!r}")
+    with lock if name is not None else nullcontext():
+        cache = cache or ModelCache()
+        encoder = encoder or models.build_component("encoder", device=device, cache=cache)
+        needs_proposer = any(label.detection.mask is None for label in labels)
+        if needs_proposer and proposer is None:
+            proposer = models.build_component("proposer", device=device, cache=cache)
+        records, prototypes = _encode(
+            labels, encoder, proposer, config, dataset.name, batch_size, progress
+        )
+        bank = _assemble(records, prototypes, encoder, proposer, models, config)
+        if name is not None:
+            save_bank(dataset, name, bank, overwrite=overwrite)
+    return bank
+
+
+def _encode(labels, encoder, proposer, config, dataset_name, batch_size, progress):
+    """Stages 1-2 for every label, in batches: (records, (R, D) float32 prototypes)."""
     records, prototypes = [], []
     bar = tqdm(total=len(labels), desc="Encoding references", disable=progress is not True)
     for batch in chunked(_prepare(labels, encoder, proposer, config, dataset_name), batch_size):
@@ -115,10 +132,7 @@ def build_memory_bank(
         if callable(progress):
             progress(len(records), len(labels))
     bar.close()
-    bank = _assemble(records, np.concatenate(prototypes), encoder, proposer, models, config)
-    if name is not None:
-        save_bank(reference_view._dataset, name, bank, overwrite=overwrite)
-    return bank
+    return records, np.concatenate(prototypes)
 
 
 def _prepare(labels, encoder, proposer, config, dataset_name):

@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
+from refseg.database import database_errors
 from refseg.failures import FailureReport, SampleError, SampleFailure
 from refseg.fiftyone_io import check_label_field, samples_of
+from refseg.locks import RunLock
 from refseg.memory import MemoryBank
 from refseg.models import ModelCache, Models
 from refseg.segmenter import Segmenter
@@ -71,6 +73,8 @@ def predict(
     overwrite: bool = False,
     resume: bool = False,
     skip_failures: bool = True,
+    run_id: str | None = None,
+    force: bool = False,
     cache: ModelCache | None = None,
     progress: bool | ProgressCallback = True,
     timer: StageTimer | NoTimer = NoTimer(),
@@ -107,6 +111,10 @@ def predict(
         skip_failures: True (default) skips a sample whose image cannot be read or segmented
             and reports it in ``result.failures``; False raises :class:`SampleError` at the
             first such sample, after the samples already done are written.
+        run_id: names this run in the field's lock (``refseg.locks``); processes given the same
+            id (the shards of one run) share the lock, any other run into the field is refused.
+        force: take the field's lock even though another run holds it (only when that run is
+            known to be dead; a dead run's lock is also recovered by itself, see ``refseg.locks``).
         cache: a ModelCache to reuse loaded models.
         progress: True shows a progress bar; a callable receives ``(done, total)``.
         timer: receives per-stage times (benchmarks); default measures nothing.
@@ -123,10 +131,12 @@ def predict(
         ValueError: an empty view, an existing field without ``overwrite``, or models that do
             not fit the bank (``refseg.models.BankModelsMismatchError``).
         SampleError: a sample failed and ``skip_failures`` is False.
+        RunLockedError: another run is writing ``label_field``.
+        DatabaseUnavailableError: the database became unreachable; what was written before
+            stays, and ``resume=True`` continues once it is back.
     """
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
-    check_label_field(target_view, label_field, overwrite or resume)
     if points_per_side is not None:
         config = dataclasses.replace(config, points_per_side=points_per_side)
     if proposer is None or encoder is None:
@@ -139,25 +149,39 @@ def predict(
         )
         if encoder is None:
             models.check_bank(bank)
-    target_view = _samples_to_predict(target_view, label_field, overwrite=overwrite, resume=resume)
-    if len(target_view) == 0:
-        return PredictResult(label_field, 0, 0, FailureReport("predict"))
-    cache = cache or ModelCache()
-    if encoder is None:
-        encoder = models.build_component("encoder", device=device, cache=cache, expect=bank.encoder)
-    if proposer is None:
-        proposer = models.build_component("proposer", device=device, cache=cache)
-    segmenter = Segmenter(proposer, encoder, bank, config, timer)
-    return _run(
-        segmenter,
-        target_view,
-        label_field,
-        batch_size=batch_size,
-        num_workers=_default_workers() if num_workers is None else num_workers,
-        write_every=write_every,
-        skip_failures=skip_failures,
-        progress=progress,
+    lock = RunLock(
+        target_view._dataset,
+        f"field:{label_field}",
+        run_id=run_id,
+        description=f"refseg.predict into field {label_field!r}",
+        force=force,
     )
+    with database_errors(f"predicting into field {label_field!r}"), lock:
+        target_view._dataset.reload()  # another process may have written the field meanwhile
+        check_label_field(target_view, label_field, overwrite or resume)
+        target_view = _samples_to_predict(
+            target_view, label_field, overwrite=overwrite, resume=resume
+        )
+        if len(target_view) == 0:
+            return PredictResult(label_field, 0, 0, FailureReport("predict"))
+        cache = cache or ModelCache()
+        if encoder is None:
+            encoder = models.build_component(
+                "encoder", device=device, cache=cache, expect=bank.encoder
+            )
+        if proposer is None:
+            proposer = models.build_component("proposer", device=device, cache=cache)
+        segmenter = Segmenter(proposer, encoder, bank, config, timer)
+        return _run(
+            segmenter,
+            target_view,
+            label_field,
+            batch_size=batch_size,
+            num_workers=_default_workers() if num_workers is None else num_workers,
+            write_every=write_every,
+            skip_failures=skip_failures,
+            progress=progress,
+        )
 
 
 def _samples_to_predict(view, label_field: str, *, overwrite: bool, resume: bool):
