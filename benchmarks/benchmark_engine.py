@@ -14,7 +14,8 @@ The two paths, on the same models and images in one process:
 - reference: the paper's settings, one image at a time, the ``sam2`` package's own decoder,
   images decoded in the loop;
 - fast: ``refseg.FAST_PREDICT``, ``--batch-size`` images a batch, the decoder's image work shared,
-  the next batch decoded by ``--num-workers`` threads while the current one runs.
+  images decoded by ``--num-workers`` DataLoader processes while a batch runs.
+Both go through ``refseg.segment_stream``, the loop ``refseg.predict`` and every worker use.
 The bank holds one synthetic reference per class, encoded with the encoder under test. Results
 go to a JSON file (``--out``, default ``benchmarks/results/engine-<device>.json``) and a table.
 """
@@ -25,8 +26,6 @@ import dataclasses
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -45,11 +44,11 @@ from bench_common import (
 
 from refseg.config import PredictConfig, ReferenceConfig
 from refseg.encoding import crop_reference, encode_crops
-from refseg.images import load_image
 from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.models import Dinov2Encoder, Sam2Proposer
 from refseg.predictions import Predictions
 from refseg.segmenter import Segmenter
+from refseg.stream import segment_stream
 from refseg.synthetic import CLASSES, random_shapes, render
 from refseg.timing import StageTimer
 
@@ -84,29 +83,6 @@ def synthetic_bank(encoder, proposer, seed: int = 0) -> MemoryBank:
     )
 
 
-def decoded_batches(
-    paths: list[str], size: int, batch_size: int, workers: int
-) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
-    """Yields (B, 3, S, S) images and their original sizes; with workers, the next batch is
-    decoded while the caller works on the current one."""
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-
-    def load(batch: list[str]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        loaded = [load_image(path, size) for path in batch]
-        return torch.stack([image for image, _ in loaded]), [s for _, s in loaded]
-
-    if workers == 0:
-        yield from map(load, batches)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending = pool.submit(load, batches[0])
-        for following in batches[1:] + [None]:
-            ready = pending.result()
-            if following is not None:
-                pending = pool.submit(load, following)
-            yield ready
-
-
 def run_path(
     models: tuple[Sam2Proposer, Dinov2Encoder],
     bank: MemoryBank,
@@ -122,13 +98,13 @@ def run_path(
     predictions: list[Predictions] = []
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        batches = decoded_batches(paths, segmenter.proposer.image_size, batch_size, workers)
-        while True:
-            with timer("decode_resize"):
-                batch = next(batches, None)
-            if batch is None:
-                break
-            predictions.extend(segmenter.segment_batch(*batch))
+        stream = segment_stream(
+            segmenter, paths, paths, batch_size=batch_size, num_workers=workers, timer=timer
+        )
+        for result in stream:
+            if not result.ok:
+                raise RuntimeError(f"{result.filepath}: {result.error}")
+            predictions.append(result.predictions)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start

@@ -240,25 +240,25 @@ def bank_models(ctx, inputs: types.Object, key: str):
         The ``MemoryBank``, or None when it cannot be applied.
     """
     from refseg import load_bank
-    from refseg.models import DINOV2_MODELS, RANDOM_WEIGHTS, SAM2_MODELS
+    from refseg.models import RANDOM_WEIGHTS, model_names
 
     bank = load_bank(ctx.dataset, key)
     shots = ", ".join(f"{c} {n}" for c, n in bank.shots().items())
     encoder, weights = bank.encoder.get("name"), bank.encoder.get("weights")
     notice(inputs, f"{key}_info", f"Bank '{key}': {shots}; DINOv2 {encoder} ({weights})")
-    if encoder not in DINOV2_MODELS:
+    if encoder not in model_names("encoder"):
         error(
             inputs,
             "bank_models",
             f"Bank '{key}' was built with the encoder {encoder!r}, which this plugin cannot "
-            f"load (it loads {', '.join(DINOV2_MODELS)}); rebuild it with one of them",
+            f"load (it loads {', '.join(model_names('encoder'))}); rebuild it with one of them",
         )
         return None
     choices = types.DropdownView()
-    for model in SAM2_MODELS:
+    for model in model_names("proposer"):
         choices.add_choice(model, label=model)
     default_sam2 = bank.proposer.get("name")
-    default_sam2 = default_sam2 if default_sam2 in SAM2_MODELS else None
+    default_sam2 = default_sam2 if default_sam2 in model_names("proposer") else None
     inputs.enum(
         "sam2",
         choices.values(),
@@ -281,23 +281,30 @@ def bank_models(ctx, inputs: types.Object, key: str):
 
 
 def model_inputs(ctx, inputs: types.Object, *, sam2: bool = True, dinov2: bool = True) -> None:
-    """SAM2 / DINOv2 choices from the engine's registries, random weights, and device."""
-    from refseg import build_memory_bank
-    from refseg.models import DINOV2_MODELS, SAM2_MODELS
+    """Proposer / encoder choices from the engine's registry (defaults: ``refseg.Models()``),
+    random weights, and device."""
+    from refseg.models import Models, model_names
 
-    for key, names, label, description in (
-        ("sam2", SAM2_MODELS, "SAM2 model", "Makes masks from prompts"),
-        ("dinov2", DINOV2_MODELS, "DINOv2 model", "Encodes references and masks as features"),
+    defaults = Models()
+    for key, kind, default, label, description in (
+        ("sam2", "proposer", defaults.proposer, "SAM2 model", "Makes masks from prompts"),
+        (
+            "dinov2",
+            "encoder",
+            defaults.encoder,
+            "DINOv2 model",
+            "Encodes references and masks as features",
+        ),
     ):
         if (key == "sam2" and not sam2) or (key == "dinov2" and not dinov2):
             continue
         choices = types.DropdownView()
-        for model in names:
+        for model in model_names(kind):
             choices.add_choice(model, label=model)
         inputs.enum(
             key,
             choices.values(),
-            default=engine_default(build_memory_bank, key),
+            default=default,
             label=label,
             description=description,
             view=choices,
@@ -340,12 +347,19 @@ def device_of(ctx) -> str | None:
     return None if device == "auto" else device
 
 
-def pretrained(ctx, bank=None) -> bool:
-    """False when random weights were asked for (by default: when ``bank`` was built so)."""
-    from refseg.models import RANDOM_WEIGHTS
+def models_of(ctx, bank=None):
+    """The ``refseg.Models`` the form asks for: its model choices and the random-weights switch
+    over the bank's models (when applying a bank) or over ``refseg.Models()`` (when building)."""
+    from refseg.models import RANDOM, Models
 
-    default = bank is not None and bank.encoder.get("weights") == RANDOM_WEIGHTS
-    return not param(ctx, "random_weights", default)
+    base = Models.from_bank(bank) if bank is not None else Models()
+    random = param(ctx, "random_weights", base.encoder_weights == RANDOM)
+    return Models.of(
+        sam2=ctx.params.get("sam2"),
+        dinov2=ctx.params.get("dinov2"),
+        pretrained=not random,
+        base=base,
+    )
 
 
 def delegation_notice(ctx, inputs: types.Object) -> None:

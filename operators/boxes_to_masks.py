@@ -120,7 +120,6 @@ def _inputs(ctx, inputs) -> None:
 
 def _fill(ctx, progress) -> dict:
     import refseg
-    from refseg.models import build_proposer
 
     gt_field = ctx.params["gt_field"]
     field = gt_field
@@ -133,11 +132,8 @@ def _fill(ctx, progress) -> dict:
         view = view.filter_labels(field, _forms.has_tag(tag))
     view = view.filter_labels(field, _forms.no_mask())
     progress(0.0, "Loading SAM2")
-    proposer = build_proposer(
-        _forms.param(ctx, "sam2", _forms.engine_default(refseg.build_memory_bank, "sam2")),
-        pretrained=_forms.pretrained(ctx),
-        device=_forms.device_of(ctx),
-        cache=_common.MODEL_CACHE.get(),
+    proposer = _forms.models_of(ctx).build_component(
+        "proposer", device=_forms.device_of(ctx), cache=_common.MODEL_CACHE.get()
     )
     masks = {}
     labels = list(refseg.reference_labels(view, field))

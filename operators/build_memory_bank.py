@@ -189,11 +189,7 @@ def _build(ctx, progress) -> dict:
     bank = refseg.build_memory_bank(
         ctx.target_view(),
         ctx.params["gt_field"],
-        sam2=_forms.param(ctx, "sam2", _forms.engine_default(refseg.build_memory_bank, "sam2")),
-        dinov2=_forms.param(
-            ctx, "dinov2", _forms.engine_default(refseg.build_memory_bank, "dinov2")
-        ),
-        pretrained=_forms.pretrained(ctx),
+        models=_forms.models_of(ctx),
         device=_forms.device_of(ctx),
         tag=tag,
         config=config,

@@ -87,6 +87,9 @@ class Predict(foo.Operator):
         outputs.str("label_field", label="Label field")
         outputs.int("num_samples", label="Samples predicted")
         outputs.int("num_detections", label="Detections written")
+        outputs.int("num_skipped", label="Samples skipped (unreadable or failed)")
+        if ctx.results.get("skipped"):
+            outputs.str("skipped", label="Skipped samples (run again with Continue to retry)")
         return _forms.output_form(outputs, "Predictions written")
 
 
@@ -211,7 +214,7 @@ def _predict(ctx, progress) -> dict:
     todo = len(view.exists(field, False)) if existing == "continue" else len(view)
     bank = refseg.load_bank(ctx.dataset, key)
     progress(0.0, f"Loading models; {todo} samples to predict")
-    count = refseg.predict(
+    result = refseg.predict(
         view,
         bank,
         field,
@@ -220,8 +223,7 @@ def _predict(ctx, progress) -> dict:
             _forms.param(ctx, "batch_size", _forms.engine_default(refseg.predict, "batch_size"))
         ),
         device=_forms.device_of(ctx),
-        sam2=ctx.params.get("sam2"),
-        pretrained=_forms.pretrained(ctx, bank),
+        models=_forms.models_of(ctx, bank),
         num_workers=None if ctx.delegated else 0,
         write_every=WRITE_EVERY,
         overwrite=existing == "overwrite",
@@ -229,7 +231,13 @@ def _predict(ctx, progress) -> dict:
         cache=_common.MODEL_CACHE.get(),
         progress=lambda done, total: progress(done / total, f"Predicted {done} of {total} samples"),
     )
-    return {"label_field": field, "num_samples": todo, "num_detections": count}
+    return {
+        "label_field": field,
+        "num_samples": result.num_samples,
+        "num_detections": result.num_detections,
+        "num_skipped": len(result.failures),
+        "skipped": result.failures.summary(limit=20) if result.failures else "",
+    }
 
 
 def _effects(ctx) -> list:

@@ -125,14 +125,13 @@ def _preview(ctx, progress) -> dict:
     bank = refseg.load_bank(ctx.dataset, key)
     view = ctx.dataset.select(_sample_ids(ctx), ordered=True)
     progress(0.0, f"Segmenting {len(view)} sample(s)")
-    count = refseg.predict(
+    result = refseg.predict(
         view,
         bank,
         field,
         config=predict_config(ctx),
         device=_forms.device_of(ctx),
-        sam2=ctx.params.get("sam2"),
-        pretrained=_forms.pretrained(ctx, bank),
+        models=_forms.models_of(ctx, bank),
         num_workers=0,
         overwrite=True,
         cache=_common.MODEL_CACHE.get(),
@@ -140,8 +139,10 @@ def _preview(ctx, progress) -> dict:
     )
     per_class = view.count_values(f"{field}.detections.label")
     rows = "\n".join(f"| {name} | {n} |" for name, n in sorted(per_class.items()))
+    skipped = f"\n\n{result.failures.summary()}" if result.failures else ""
     return {
-        "summary": f"{count} detections in `{field}`\n\n| class | detections |\n|---|---|\n{rows}"
+        "summary": f"{result.num_detections} detections in `{field}`\n\n"
+        f"| class | detections |\n|---|---|\n{rows}{skipped}"
     }
 
 

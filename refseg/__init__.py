@@ -9,7 +9,7 @@ Typical use::
     import refseg
     refs = refseg.sample_references(dataset, "ground_truth", shots=5, seed=33)
     bank = refseg.build_memory_bank(refs, "ground_truth", tag="refseg:reference")
-    refseg.predict(dataset.exclude(refs.values("id")), bank, "refseg")
+    refseg.predict(dataset.exclude(refs.values("id")), bank, "refseg")  # the bank's models
 """
 
 from __future__ import annotations
@@ -21,20 +21,31 @@ from typing import Any
 # modules (segmenter, models, matching...) load without FiftyOne where no database exists,
 # e.g. on a GPU machine running benchmarks/benchmark_engine.py.
 _EXPORTS = {
+    "DEFAULT": "refseg.presets",
     "DEFAULT_TAG": "refseg.sampling",
+    "DatabaseUnavailableError": "refseg.database",
     "EvaluateConfig": "refseg.config",
     "EvaluationReport": "refseg.coco_metrics",
     "FAST_PREDICT": "refseg.config",
+    "FailureReport": "refseg.failures",
     "MemoryBank": "refseg.memory",
+    "Models": "refseg.models.selection",
+    "PAPER": "refseg.presets",
     "PAPER_EVALUATE": "refseg.config",
-    "PAPER_MODELS": "refseg.config",
+    "PAPER_MODELS": "refseg.presets",
     "PAPER_PREDICT": "refseg.config",
     "PAPER_REFERENCE": "refseg.config",
     "PredictConfig": "refseg.config",
+    "PredictResult": "refseg.inference",
     "Predictions": "refseg.predictions",
+    "Preset": "refseg.presets",
     "ReferenceConfig": "refseg.config",
     "ReferenceRecord": "refseg.memory",
+    "RunLockedError": "refseg.locks",
+    "SampleError": "refseg.failures",
+    "SampleFailure": "refseg.failures",
     "Segmenter": "refseg.segmenter",
+    "as_model": "refseg.fiftyone_model",
     "build_memory_bank": "refseg.bank_builder",
     "evaluate": "refseg.evaluation",
     "list_banks": "refseg.fiftyone_io",
@@ -43,23 +54,35 @@ _EXPORTS = {
     "reference_labels": "refseg.sampling",
     "sample_references": "refseg.sampling",
     "save_bank": "refseg.fiftyone_io",
+    "segment_stream": "refseg.stream",
 }
 
 __all__ = [
+    "DEFAULT",
     "DEFAULT_TAG",
+    "DatabaseUnavailableError",
     "EvaluateConfig",
     "EvaluationReport",
     "FAST_PREDICT",
+    "FailureReport",
     "MemoryBank",
+    "Models",
+    "PAPER",
     "PAPER_EVALUATE",
     "PAPER_MODELS",
     "PAPER_PREDICT",
     "PAPER_REFERENCE",
     "PredictConfig",
+    "PredictResult",
     "Predictions",
+    "Preset",
     "ReferenceConfig",
     "ReferenceRecord",
+    "RunLockedError",
+    "SampleError",
+    "SampleFailure",
     "Segmenter",
+    "as_model",
     "build_memory_bank",
     "evaluate",
     "list_banks",
@@ -68,6 +91,7 @@ __all__ = [
     "reference_labels",
     "sample_references",
     "save_bank",
+    "segment_stream",
 ]
 
 

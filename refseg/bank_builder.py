@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,10 +16,11 @@ from tqdm.auto import tqdm
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import ReferenceConfig
 from refseg.encoding import ReferenceCrop, crop_reference, encode_crops
-from refseg.fiftyone_io import chunked, save_bank
+from refseg.fiftyone_io import check_bank_name, chunked, save_bank
 from refseg.images import load_image
+from refseg.locks import RunLock
 from refseg.memory import MemoryBank, ReferenceRecord
-from refseg.models import ModelCache, build_encoder, build_proposer
+from refseg.models import RANDOM, RANDOM_WEIGHTS, ModelCache, Models
 from refseg.references import absolute_box, label_mask, masks_from_boxes
 from refseg.sampling import ReferenceLabel, reference_labels
 
@@ -35,43 +37,46 @@ def build_memory_bank(
     reference_view: fo.core.collections.SampleCollection,
     gt_field: str,
     *,
-    sam2: str = "sam2.1_hiera_large",
-    dinov2: str = "dinov2_vitl14",
-    pretrained: bool = True,
-    device: str | torch.device | None = None,
-    tag: str | None = None,
+    models: Models | None = None,
     config: ReferenceConfig = ReferenceConfig(),
-    sam2_checkpoint: str | None = None,
-    dinov2_checkpoint: str | None = None,
+    tag: str | None = None,
+    device: str | torch.device | None = None,
     batch_size: int = 16,
     name: str | None = None,
     overwrite: bool = False,
-    encoder: FeatureEncoder | None = None,
-    proposer: MaskProposer | None = None,
     cache: ModelCache | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    sam2: str | None = None,
+    dinov2: str | None = None,
+    pretrained: bool | None = None,
+    sam2_checkpoint: str | None = None,
+    dinov2_checkpoint: str | None = None,
+    encoder: FeatureEncoder | None = None,
+    proposer: MaskProposer | None = None,
 ) -> MemoryBank:
     """Encodes the reference labels of a view into a memory bank.
 
     Args:
         reference_view: samples holding the reference labels.
         gt_field: their ``fo.Detections`` field. Labels with a mask are used as they are;
-            box-only labels get a mask from SAM2 prompted with the box.
-        sam2: the SAM2 model recorded with the bank (and used for box-only labels).
-        dinov2: the DINOv2 model that encodes the references.
-        pretrained: False builds both with random weights (tests and smoke runs only; warns).
-        device: torch device; default CUDA when available.
+            box-only labels get a mask from the proposer prompted with the box.
+        models: the proposer (recorded with the bank, and used for box-only labels) and the
+            encoder, with their weights; default ``Models()`` (SAM 2.1 Hiera-L, DINOv2
+            ViT-L/14, official weights). ``refseg.PAPER.models`` for paper mode.
+        config: reference settings (``refseg.PAPER.reference`` for paper mode).
         tag: only labels carrying this label tag (e.g. the tag of ``sample_references``);
             None uses every label of ``gt_field`` in the view.
-        config: reference settings (``refseg.config.PAPER_REFERENCE`` for paper mode).
-        sam2_checkpoint, dinov2_checkpoint: explicit weight files.
+        device: torch device; default CUDA when available.
         batch_size: reference crops encoded together.
         name: also store the bank with the dataset as a run of this name.
         overwrite: allow replacing a stored bank of the same name.
-        encoder, proposer: ready components instead of building them from the names.
         cache: a ModelCache to reuse loaded models.
         progress: True shows a progress bar; a callable receives ``(done, total)`` references
             after each batch.
+        sam2, dinov2, pretrained, sam2_checkpoint, dinov2_checkpoint: keyword shortcuts over
+            ``models`` (see ``Models.of``); ``pretrained=False`` means random weights (tests
+            and smoke runs only; warns).
+        encoder, proposer: ready components instead of building them from ``models``.
 
     Returns:
         The MemoryBank (class names sorted).
@@ -87,16 +92,35 @@ def build_memory_bank(
             f"No labels {where}in field {gt_field!r} of the {len(reference_view)} samples given; "
             "tag references first (refseg.sample_references) or pass another view/field"
         )
-    cache = cache or ModelCache()
-    encoder = encoder or build_encoder(
-        dinov2, checkpoint=dinov2_checkpoint, pretrained=pretrained, device=device, cache=cache
+    dataset = reference_view._dataset
+    if name is not None:
+        check_bank_name(dataset, name, overwrite=overwrite)
+    models = Models.of(
+        sam2=sam2,
+        dinov2=dinov2,
+        pretrained=pretrained,
+        sam2_checkpoint=sam2_checkpoint,
+        dinov2_checkpoint=dinov2_checkpoint,
+        base=models,
     )
-    needs_proposer = any(label.detection.mask is None for label in labels)
-    if needs_proposer and proposer is None:
-        proposer = build_proposer(
-            sam2, checkpoint=sam2_checkpoint, pretrained=pretrained, device=device, cache=cache
+    lock = RunLock(dataset, f"bank:{name}", description=f"refseg.build_memory_bank {name!r}")
+    with lock if name is not None else nullcontext():
+        cache = cache or ModelCache()
+        encoder = encoder or models.build_component("encoder", device=device, cache=cache)
+        needs_proposer = any(label.detection.mask is None for label in labels)
+        if needs_proposer and proposer is None:
+            proposer = models.build_component("proposer", device=device, cache=cache)
+        records, prototypes = _encode(
+            labels, encoder, proposer, config, dataset.name, batch_size, progress
         )
-    dataset_name = reference_view._dataset.name
+        bank = _assemble(records, prototypes, encoder, proposer, models, config)
+        if name is not None:
+            save_bank(dataset, name, bank, overwrite=overwrite)
+    return bank
+
+
+def _encode(labels, encoder, proposer, config, dataset_name, batch_size, progress):
+    """Stages 1-2 for every label, in batches: (records, (R, D) float32 prototypes)."""
     records, prototypes = [], []
     bar = tqdm(total=len(labels), desc="Encoding references", disable=progress is not True)
     for batch in chunked(_prepare(labels, encoder, proposer, config, dataset_name), batch_size):
@@ -108,10 +132,7 @@ def build_memory_bank(
         if callable(progress):
             progress(len(records), len(labels))
     bar.close()
-    bank = _assemble(records, np.concatenate(prototypes), encoder, proposer, sam2, config)
-    if name is not None:
-        save_bank(reference_view._dataset, name, bank, overwrite=overwrite)
-    return bank
+    return records, np.concatenate(prototypes)
 
 
 def _prepare(labels, encoder, proposer, config, dataset_name):
@@ -167,7 +188,7 @@ def _check_weights(batch: list[_Prepared], weight_sums: torch.Tensor, config) ->
             )
 
 
-def _assemble(records, prototypes, encoder, proposer, sam2, config) -> MemoryBank:
+def _assemble(records, prototypes, encoder, proposer, models: Models, config) -> MemoryBank:
     class_names = tuple(sorted({r.label for r in records}))
     index = {name: i for i, name in enumerate(class_names)}
     return MemoryBank(
@@ -176,6 +197,13 @@ def _assemble(records, prototypes, encoder, proposer, sam2, config) -> MemoryBan
         labels=np.array([index[r.label] for r in records], dtype=np.int64),
         references=tuple(records),
         encoder=dict(encoder.identity),
-        proposer=dict(proposer.identity) if proposer is not None else {"name": sam2},
+        proposer=dict(proposer.identity) if proposer is not None else _unbuilt_identity(models),
         settings=config,
     )
+
+
+def _unbuilt_identity(models: Models) -> dict[str, str]:
+    """The proposer's identity when no reference needed it: its name, and its weights as
+    chosen (random weights are recorded, so ``predict`` builds the same kind)."""
+    weights = RANDOM_WEIGHTS if models.proposer_weights == RANDOM else models.proposer_weights
+    return {"name": models.proposer, "weights": weights}

@@ -37,10 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from refseg.models import WeightsNotFoundError
 
     try:
-        if not args.random_weights:
-            _check_weights(args)
+        preset = _preset(args)
+        if not preset.models.random:
+            _check_weights(preset.models)
         dataset = _demo_dataset(args) if args.command == "demo" else _existing_dataset(args)
-        _run(dataset, args)
+        _run(dataset, args, preset)
     except (WeightsNotFoundError, ValueError) as error:
         print(f"refseg: {error}", file=sys.stderr)
         return 2
@@ -70,8 +71,12 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--bank-name", default="refseg_bank", help="name of the memory bank stored with the dataset"
     )
-    add("--sam2", default="sam2.1_hiera_large", help="SAM2 model name")
-    add("--dinov2", default="dinov2_vitl14", help="DINOv2 model name")
+    add(
+        "--sam2",
+        default=None,
+        help="SAM2 model name (default sam2.1_hiera_large; with --paper sam2_hiera_large)",
+    )
+    add("--dinov2", default=None, help="DINOv2 model name (default dinov2_vitl14)")
     add("--sam2-checkpoint", default=None, help="explicit SAM2 weights file")
     add("--dinov2-checkpoint", default=None, help="explicit DINOv2 weights file")
     add("--points-per-side", type=int, default=None, help="prompt grid density (default 32)")
@@ -94,16 +99,35 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_weights(args: argparse.Namespace) -> None:
+def _preset(args: argparse.Namespace):
+    """The preset the options ask for: ``refseg.PAPER`` with ``--paper`` (SAM 2.0 Hiera-L and
+    DINOv2 ViT-L/14 unless named otherwise), else ``refseg.DEFAULT``, with the model options."""
+    import dataclasses
+
+    from refseg.models import Models
+    from refseg.presets import DEFAULT, PAPER
+
+    preset = PAPER if args.paper else DEFAULT
+    models = Models.of(
+        sam2=args.sam2,
+        dinov2=args.dinov2,
+        sam2_checkpoint=args.sam2_checkpoint,
+        dinov2_checkpoint=args.dinov2_checkpoint,
+        pretrained=False if args.random_weights else None,
+        base=preset.models,
+    )
+    predict = preset.predict
+    if args.points_per_side is not None:
+        predict = dataclasses.replace(predict, points_per_side=args.points_per_side)
+    return dataclasses.replace(preset, models=models, predict=predict)
+
+
+def _check_weights(models) -> None:
     """Resolves both checkpoints up front and reports every missing file at once."""
     from refseg.models import require_weights
 
     require_weights(
-        args.sam2,
-        args.dinov2,
-        sam2_checkpoint=args.sam2_checkpoint,
-        dinov2_checkpoint=args.dinov2_checkpoint,
-        hint="For an offline check of the installation, add --smoke (random weights).",
+        models, hint="For an offline check of the installation, add --smoke (random weights)."
     )
 
 
@@ -141,7 +165,7 @@ def _demo_dataset(args: argparse.Namespace):
     )
 
 
-def _run(dataset, args: argparse.Namespace) -> None:
+def _run(dataset, args: argparse.Namespace, preset) -> None:
     import refseg
     from refseg.models import ModelCache
 
@@ -152,36 +176,29 @@ def _run(dataset, args: argparse.Namespace) -> None:
         references,
         args.gt_field,
         tag=args.tag,
-        sam2=args.sam2,
-        dinov2=args.dinov2,
-        sam2_checkpoint=args.sam2_checkpoint,
-        dinov2_checkpoint=args.dinov2_checkpoint,
-        pretrained=not args.random_weights,
+        models=preset.models,
+        config=preset.reference,
         device=args.device,
-        config=refseg.PAPER_REFERENCE if args.paper else refseg.ReferenceConfig(),
         name=args.bank_name,
         overwrite=args.overwrite,
         cache=cache,
     )
     print(f"Memory bank {args.bank_name!r}: {bank.shots()}")
     targets = dataset.exclude(references.values("id"))
-    refseg.predict(
+    result = refseg.predict(
         targets,
         bank,
         args.pred_field,
-        points_per_side=args.points_per_side,
+        models=preset.models,
+        config=preset.predict,
         batch_size=args.batch_size,
         device=args.device,
-        sam2=args.sam2,
-        sam2_checkpoint=args.sam2_checkpoint,
-        dinov2_checkpoint=args.dinov2_checkpoint,
-        pretrained=not args.random_weights,
         overwrite=args.overwrite,
         cache=cache,
-        config=refseg.PAPER_PREDICT if args.paper else refseg.PredictConfig(),
     )
+    if result.failures:
+        print(result.failures.summary())
     eval_key = f"{args.pred_field}_eval"
-    evaluate_config = refseg.PAPER_EVALUATE if args.paper else refseg.EvaluateConfig()
     report = refseg.evaluate(
         targets,
         args.pred_field,
@@ -189,7 +206,7 @@ def _run(dataset, args: argparse.Namespace) -> None:
         eval_key=eval_key,
         classes=bank.class_names,
         overwrite=args.overwrite,
-        legacy_coco_box=evaluate_config.legacy_coco_box,
+        legacy_coco_box=preset.evaluate.legacy_coco_box,
     )
     if args.random_weights:
         print("RANDOM WEIGHTS: these numbers check the installation, not the method.")

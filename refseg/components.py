@@ -73,6 +73,42 @@ class MaskProposer(Protocol):
 
 
 @runtime_checkable
+class ImageProposer(Protocol):
+    """Any proposal source at the image level (another segmenter, a detector's boxes...).
+
+    A proposer that has a ``propose`` method is asked for an image's proposals directly, instead
+    of the point grid being decoded with ``decode_points``; register its builder with
+    ``refseg.models.register_model`` and it is chosen by name like SAM2 (no pipeline change).
+    It needs ``identity``, ``image_size``, ``mask_size``, ``device``, ``encode_images`` and
+    ``select_image`` as a :class:`MaskProposer`, and ``decode_boxes`` only where box-only
+    references are encoded with it.
+    """
+
+    identity: dict[str, Any]
+    image_size: int
+    mask_size: int
+    device: torch.device
+
+    def encode_images(self, images: torch.Tensor) -> Any:
+        """As :meth:`MaskProposer.encode_images`."""
+
+    def select_image(self, embedding: Any, index: int) -> Any:
+        """As :meth:`MaskProposer.select_image`."""
+
+    def propose(self, embedding: Any, config: Any) -> Any:
+        """Class-agnostic proposals of one image.
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            config: the ``refseg.config.PredictConfig`` of the run.
+
+        Returns:
+            ``refseg.proposals.Proposals``: (N, m, m) float32 mask logits on the m x m grid
+            and (N,) float32 confidences in [0, 1] that rank them for NMS.
+        """
+
+
+@runtime_checkable
 class FeatureEncoder(Protocol):
     """Dense semantic features of an image (DINOv2's role).
 

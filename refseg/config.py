@@ -215,6 +215,3 @@ PAPER_EVALUATE = EvaluateConfig(legacy_coco_box=True)
 
 FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="bf16")
 """The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 on GPUs."""
-
-PAPER_MODELS = {"sam2": "sam2_hiera_large", "dinov2": "dinov2_vitl14"}
-"""The models of the published numbers."""

@@ -28,6 +28,9 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image {filepath!r}: {reason}")
 
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return (type(self), (self.filepath, self.reason))
+
 
 class SampleError(RuntimeError):
     """A sample failed and the run was asked not to skip failures (``skip_failures=False``).
@@ -43,6 +46,9 @@ class SampleError(RuntimeError):
             "Fix or remove the file, or pass skip_failures=True to skip such samples "
             "and report them"
         )
+
+    def __reduce__(self):
+        return (type(self), (self.failure,))
 
 
 @dataclass(frozen=True)

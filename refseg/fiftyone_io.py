@@ -66,15 +66,7 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
     The run's config summarises the bank (classes, shots, models, settings) so the App and
     ``dataset.list_runs()`` show it; its results hold the bank file itself.
     """
-    if not key.isidentifier():
-        raise ValueError(
-            f"Bank name {key!r} must be a valid Python identifier (letters, digits, _)"
-        )
-    if dataset.has_run(key) and not overwrite:
-        raise ValueError(
-            f"Dataset {dataset.name!r} already has a run named {key!r}; choose another name or "
-            "pass overwrite=True"
-        )
+    check_bank_name(dataset, key, overwrite=overwrite)
     config = dataset.init_run(
         method=BANK_RUN_METHOD,
         classes=list(bank.class_names),
@@ -87,6 +79,19 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
     payload = base64.b64encode(bank.to_bytes()).decode("ascii")
     results = dataset.init_run_results(key, bank=payload)
     dataset.save_run_results(key, results, overwrite=True)
+
+
+def check_bank_name(dataset: fo.Dataset, key: str, *, overwrite: bool = False) -> None:
+    """Raises a ValueError unless a bank can be stored as ``key`` (checked before any work)."""
+    if not key.isidentifier():
+        raise ValueError(
+            f"Bank name {key!r} must be a valid Python identifier (letters, digits, _)"
+        )
+    if dataset.has_run(key) and not overwrite:
+        raise ValueError(
+            f"Dataset {dataset.name!r} already has a run named {key!r}; choose another name or "
+            "pass overwrite=True"
+        )
 
 
 def load_bank(dataset: fo.Dataset, key: str) -> MemoryBank:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -11,8 +11,12 @@ from PIL import Image, UnidentifiedImageError
 
 from refseg.failures import ImageReadError
 
+ImageSource = Union[str, np.ndarray, Image.Image]
+"""An image file path, an (H, W) / (H, W, C) array (uint8, uint16 or float RGB(A) or gray), or a
+PIL image."""
 
-def load_image(path: str, size: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+
+def load_image(path: ImageSource, size: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Reads an image as the research code did: PIL, RGB, optional resize, scaled to [0, 1].
 
     Any mode PIL reads is accepted: grayscale, palette, RGBA (alpha dropped), CMYK and bilevel
@@ -20,7 +24,7 @@ def load_image(path: str, size: int | None = None) -> tuple[torch.Tensor, tuple[
     images are first scaled to 8 bits by their value range (PIL's own conversion would clip them).
 
     Args:
-        path: image file.
+        path: image file (or an array or PIL image already in memory).
         size: if given, resize anisotropically to size x size with PIL's default filter
             (bicubic for RGB), as the paper's target images.
 
@@ -31,7 +35,7 @@ def load_image(path: str, size: int | None = None) -> tuple[torch.Tensor, tuple[
         ImageReadError: the file is missing, empty, not an image, truncated or undecodable;
             the message names the file and the reason.
     """
-    rgb = read_rgb(path)
+    rgb = read_rgb(path) if isinstance(path, (str, os.PathLike)) else image_to_rgb(path)
     original = (rgb.height, rgb.width)
     if size is not None:
         rgb = rgb.resize((size, size))
@@ -59,14 +63,41 @@ def read_rgb(path: str) -> Image.Image:
         raise ImageReadError(path, f"the image cannot be decoded ({error})") from error
 
 
+def image_to_rgb(image: np.ndarray | Image.Image) -> Image.Image:
+    """An in-memory image in PIL's RGB mode (arrays are read as by ``Image.fromarray``).
+
+    Raises:
+        ImageReadError: the array has no image shape or dtype.
+    """
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 3 and array.dtype != np.uint8:
+        array = _scaled_to_uint8(array.astype(np.float64), "F" if array.dtype.kind == "f" else "I")
+    if array.ndim not in (2, 3) or min(array.shape[:2], default=0) == 0:
+        raise ImageReadError("<array>", f"an array of shape {array.shape} is not an image")
+    try:
+        return _to_rgb(Image.fromarray(array))
+    except (TypeError, ValueError) as error:
+        raise ImageReadError("<array>", f"cannot read an array as an image ({error})") from error
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """PIL's RGB conversion, with high-bit-depth modes scaled to 8 bits first."""
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         values = np.asarray(image, dtype=np.float64)
-        top = _range_top(image.mode, float(values.max(initial=0.0)))
-        scaled = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
-        image = Image.fromarray(scaled)  # uint8 (H, W): mode "L"
+        image = Image.fromarray(_scaled_to_uint8(values, image.mode))  # (H, W) uint8: "L"
     return image.convert("RGB")
+
+
+def _scaled_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Values of a high-bit-depth image mapped to 0-255 by :func:`_range_top`."""
+    top = _range_top(mode, float(values.max(initial=0.0)))
+    return np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
 
 
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -82,44 +113,3 @@ def _range_top(mode: str, peak: float) -> float:
         return 65535.0
     candidates = (1.0, 255.0, 65535.0) if mode == "F" else (255.0, 65535.0)
     return next((top for top in candidates if peak <= top), max(peak, 1.0))
-
-
-class TargetImages(torch.utils.data.Dataset):
-    """Target images decoded and resized to the proposer's frame, for a DataLoader.
-
-    Each item is ``(index, image, (H, W))`` with ``image`` a (3, S, S) float32 tensor in
-    [0, 1]. Decoding runs in the DataLoader's workers.
-    """
-
-    def __init__(self, filepaths: Sequence[str], size: int) -> None:
-        self.filepaths = list(filepaths)
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.filepaths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, tuple[int, int]]:
-        image, original = load_image(self.filepaths[index], self.size)
-        return index, image, original
-
-
-def collate_targets(
-    items: list[tuple[int, torch.Tensor, tuple[int, int]]],
-) -> tuple[list[int], torch.Tensor, list[tuple[int, int]]]:
-    """Stacks items of :class:`TargetImages` into (indices, (B, 3, S, S) images, sizes)."""
-    indices, images, sizes = zip(*items)
-    return list(indices), torch.stack(images), list(sizes)
-
-
-def target_loader(
-    filepaths: Sequence[str], size: int, *, batch_size: int, num_workers: int
-) -> torch.utils.data.DataLoader:
-    """A DataLoader over target images in order, decoding in ``num_workers`` processes."""
-    return torch.utils.data.DataLoader(
-        TargetImages(filepaths, size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_targets,
-        persistent_workers=False,
-    )

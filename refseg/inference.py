@@ -1,11 +1,18 @@
-"""``predict``: a memory bank applied to a FiftyOne view, written as a Detections field."""
+"""``predict``: a memory bank applied to a FiftyOne view, written as a Detections field.
+
+``predict`` = the engine stream (``refseg.stream``: decode, segment, one result per image) +
+the FiftyOne writer (``refseg.writer``: labels, batched writes). A sample whose image cannot be
+read or segmented is skipped and reported, never written, so ``resume=True`` retries it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import fiftyone as fo
 import torch
@@ -13,16 +20,43 @@ from tqdm.auto import tqdm
 
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
-from refseg.fiftyone_io import check_label_field, samples_of, to_detections, write_detections
-from refseg.images import target_loader
+from refseg.database import database_errors
+from refseg.failures import FailureReport, SampleError, SampleFailure
+from refseg.fiftyone_io import check_label_field, samples_of
+from refseg.locks import RunLock
 from refseg.memory import MemoryBank
-from refseg.models import ModelCache, build_encoder, build_proposer
-from refseg.predictions import Predictions
+from refseg.models import ModelCache, Models
 from refseg.segmenter import Segmenter
+from refseg.stream import segment_stream
 from refseg.timing import NoTimer, StageTimer
+from refseg.writer import LabelWriter
+
+logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of images."""
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a ``predict`` run did.
+
+    Attributes:
+        label_field: the field written.
+        num_samples: samples this run processed (written or skipped).
+        num_detections: detections written.
+        failures: the samples skipped, with their file and reason.
+    """
+
+    label_field: str
+    num_samples: int
+    num_detections: int
+    failures: FailureReport
+
+    @property
+    def num_written(self) -> int:
+        """Samples that received a value."""
+        return self.num_samples - len(self.failures)
 
 
 def predict(
@@ -30,24 +64,28 @@ def predict(
     bank: MemoryBank,
     label_field: str,
     *,
-    points_per_side: int | None = None,
+    models: Models | None = None,
+    config: PredictConfig = PredictConfig(),
     batch_size: int = 1,
     device: str | torch.device | None = None,
-    config: PredictConfig = PredictConfig(),
-    sam2: str | None = None,
-    sam2_checkpoint: str | None = None,
-    dinov2_checkpoint: str | None = None,
-    pretrained: bool = True,
     num_workers: int | None = None,
     write_every: int = 64,
     overwrite: bool = False,
     resume: bool = False,
-    proposer: MaskProposer | None = None,
-    encoder: FeatureEncoder | None = None,
+    skip_failures: bool = True,
+    run_id: str | None = None,
+    force: bool = False,
     cache: ModelCache | None = None,
     progress: bool | ProgressCallback = True,
     timer: StageTimer | NoTimer = NoTimer(),
-) -> int:
+    points_per_side: int | None = None,
+    sam2: str | None = None,
+    sam2_checkpoint: str | Path | None = None,
+    dinov2_checkpoint: str | Path | None = None,
+    pretrained: bool | None = None,
+    proposer: MaskProposer | None = None,
+    encoder: FeatureEncoder | None = None,
+) -> PredictResult:
     """Segments every image of a view with a memory bank and stores the detections.
 
     Each sample gets a ``fo.Detections`` in ``label_field`` (empty when nothing is found):
@@ -58,118 +96,148 @@ def predict(
         target_view: the images to segment.
         bank: the memory bank (see ``build_memory_bank``).
         label_field: the field to write.
-        points_per_side: prompt grid density; overrides ``config.points_per_side``.
+        models: the proposer and encoder with their weights; None uses the models recorded in
+            the bank. They are checked against the bank before any weights are loaded.
+        config: prediction settings (``refseg.PAPER.predict`` for paper mode).
         batch_size: images encoded together.
         device: torch device; default CUDA when available.
-        config: prediction settings (``refseg.config.PAPER_PREDICT`` for paper mode).
-        sam2: the SAM2 model; default the one recorded in the bank.
-        sam2_checkpoint, dinov2_checkpoint: explicit weight files.
-        pretrained: False builds the models with random weights (tests and smoke runs only).
         num_workers: DataLoader processes decoding images; default min(4, CPUs - 1).
         write_every: samples per batched database write.
-        overwrite: allow writing into an existing Detections field (its values on the
-            predicted samples are replaced; other samples keep theirs).
+        overwrite: allow writing into an existing Detections field: its values on the target
+            samples are cleared first, then written (other samples keep theirs).
         resume: continue an interrupted run: samples of the view that already have a value
             in ``label_field`` are kept and skipped. Results are deterministic, so a resumed
             run gives the labels an uninterrupted one would.
-        proposer, encoder: ready components instead of building them. The encoder must be the
-            one that built the bank.
+        skip_failures: True (default) skips a sample whose image cannot be read or segmented
+            and reports it in ``result.failures``; False raises :class:`SampleError` at the
+            first such sample, after the samples already done are written.
+        run_id: names this run in the field's lock (``refseg.locks``); processes given the same
+            id (the shards of one run) share the lock, any other run into the field is refused.
+        force: take the field's lock even though another run holds it (only when that run is
+            known to be dead; a dead run's lock is also recovered by itself, see ``refseg.locks``).
         cache: a ModelCache to reuse loaded models.
         progress: True shows a progress bar; a callable receives ``(done, total)``.
         timer: receives per-stage times (benchmarks); default measures nothing.
+        points_per_side: prompt grid density; overrides ``config.points_per_side``.
+        sam2, sam2_checkpoint, dinov2_checkpoint, pretrained: keyword shortcuts over
+            ``models`` (see ``Models.of``); ``pretrained=None`` keeps the bank's weights.
+        proposer, encoder: ready components instead of building them (tests, custom models).
+            The encoder must be the one that built the bank.
 
     Returns:
-        The number of detections written.
+        A :class:`PredictResult` (fields written, detections, the failure report).
 
     Raises:
-        ValueError: an empty view, an existing field without ``overwrite``, or a bank built
-            with another encoder.
+        ValueError: an empty view, an existing field without ``overwrite``, or models that do
+            not fit the bank (``refseg.models.BankModelsMismatchError``).
+        SampleError: a sample failed and ``skip_failures`` is False.
+        RunLockedError: another run is writing ``label_field``.
+        DatabaseUnavailableError: the database became unreachable; what was written before
+            stays, and ``resume=True`` continues once it is back.
     """
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
-    check_label_field(target_view, label_field, overwrite or resume)
-    if resume and label_field in target_view._dataset.get_field_schema():
-        target_view = target_view.exists(label_field, False)
-        if len(target_view) == 0:
-            return 0
     if points_per_side is not None:
         config = dataclasses.replace(config, points_per_side=points_per_side)
-    cache = cache or ModelCache()
-    encoder = encoder or build_encoder(
-        bank.encoder["name"],
-        checkpoint=dinov2_checkpoint,
-        pretrained=pretrained,
-        device=device,
-        cache=cache,
+    if proposer is None or encoder is None:
+        models = Models.of(
+            sam2=sam2,
+            pretrained=pretrained,
+            sam2_checkpoint=sam2_checkpoint,
+            dinov2_checkpoint=dinov2_checkpoint,
+            base=models or Models.from_bank(bank),
+        )
+        if encoder is None:
+            models.check_bank(bank)
+    lock = RunLock(
+        target_view._dataset,
+        f"field:{label_field}",
+        run_id=run_id,
+        description=f"refseg.predict into field {label_field!r}",
+        force=force,
     )
-    proposer = proposer or build_proposer(
-        sam2 or bank.proposer["name"],
-        checkpoint=sam2_checkpoint,
-        pretrained=pretrained,
-        device=device,
-        cache=cache,
-    )
-    segmenter = Segmenter(proposer, encoder, bank, config, timer)
-    return _run(segmenter, target_view, label_field, batch_size, num_workers, write_every, progress)
+    with database_errors(f"predicting into field {label_field!r}"), lock:
+        target_view._dataset.reload()  # another process may have written the field meanwhile
+        check_label_field(target_view, label_field, overwrite or resume)
+        target_view = _samples_to_predict(
+            target_view, label_field, overwrite=overwrite, resume=resume
+        )
+        if len(target_view) == 0:
+            return PredictResult(label_field, 0, 0, FailureReport("predict"))
+        cache = cache or ModelCache()
+        if encoder is None:
+            encoder = models.build_component(
+                "encoder", device=device, cache=cache, expect=bank.encoder
+            )
+        if proposer is None:
+            proposer = models.build_component("proposer", device=device, cache=cache)
+        segmenter = Segmenter(proposer, encoder, bank, config, timer)
+        return _run(
+            segmenter,
+            target_view,
+            label_field,
+            batch_size=batch_size,
+            num_workers=_default_workers() if num_workers is None else num_workers,
+            write_every=write_every,
+            skip_failures=skip_failures,
+            progress=progress,
+        )
 
 
-def _run(segmenter, view, label_field, batch_size, num_workers, write_every, progress) -> int:
-    """Loads, segments and writes in order.
+def _samples_to_predict(view, label_field: str, *, overwrite: bool, resume: bool):
+    """The samples this run predicts. ``resume`` keeps the samples already written; otherwise
+    an existing field's values on the view are cleared first, so that an interrupted overwrite
+    never leaves old and new labels that a later ``resume`` cannot tell apart."""
+    exists = label_field in view._dataset.get_field_schema()
+    if resume and exists:
+        return view.exists(label_field, False)
+    if overwrite and exists:
+        view.clear_sample_field(label_field)
+    return view
 
-    Images are decoded in DataLoader workers; labels are built and written (one batched write
-    per ``write_every`` samples) in a writer thread, so host work overlaps the next batch's
-    device work. At most one write is in flight, and its errors surface here.
-    """
+
+def _run(
+    segmenter: Segmenter,
+    view,
+    label_field: str,
+    *,
+    batch_size: int,
+    num_workers: int,
+    write_every: int,
+    skip_failures: bool,
+    progress: bool | ProgressCallback,
+) -> PredictResult:
+    """Streams the view's images through the segmenter into the writer, reporting failures."""
     ids, paths = samples_of(view)
-    workers = _default_workers() if num_workers is None else num_workers
-    loader = target_loader(
-        paths, segmenter.proposer.image_size, batch_size=batch_size, num_workers=workers
-    )
-    timer = segmenter.timer
+    report = FailureReport("predict")
     bar = tqdm(total=len(ids), desc="Predicting", disable=progress is not True)
-    pending: dict[str, Predictions] = {}
-    written = done = 0
-    in_flight: Future | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refseg-writer") as writer:
-        for indices, images, sizes in _timed(loader, timer, "decode_resize"):
-            for index, predictions in zip(indices, segmenter.segment_batch(images, sizes)):
-                pending[ids[index]] = predictions
-                written += len(predictions)
-            done += len(indices)
-            bar.update(len(indices))
-            if callable(progress):
+    stream = segment_stream(
+        segmenter,
+        ids,
+        paths,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        timer=segmenter.timer,
+    )
+    done = 0
+    with LabelWriter(view, label_field, write_every=write_every, timer=segmenter.timer) as writer:
+        for result in stream:
+            if result.ok:
+                writer.put(result.key, result.predictions)
+            else:
+                failure = SampleFailure(result.key, result.filepath, result.error or "")
+                if not skip_failures:
+                    raise SampleError(failure)
+                report.add(failure)
+                bar.set_postfix(skipped=len(report))
+            done += 1
+            bar.update(1)
+            if callable(progress) and (done % batch_size == 0 or done == len(ids)):
                 progress(done, len(ids))
-            if len(pending) >= write_every:
-                in_flight = _submit(writer, in_flight, view, label_field, pending, timer)
-                pending = {}
-        _submit(writer, in_flight, view, label_field, pending, timer).result()
     bar.close()
-    return written
-
-
-def _submit(writer, in_flight, view, label_field, pending, timer) -> Future:
-    """Waits for the previous write, then starts writing ``pending`` in the writer thread."""
-    if in_flight is not None:
-        in_flight.result()
-    return writer.submit(_write, view, label_field, pending, timer)
-
-
-def _write(view, label_field, pending: dict[str, Predictions], timer) -> None:
-    with timer("label_building"):
-        values = {sample_id: to_detections(p) for sample_id, p in pending.items()}
-    with timer("db_writes"):
-        write_detections(view, label_field, values)
-
-
-def _timed(items: Iterable, timer, stage: str) -> Iterator:
-    """Yields from ``items``, charging the wait for each item to ``stage``."""
-    iterator = iter(items)
-    while True:
-        with timer(stage):
-            item = next(iterator, None)
-        if item is None:
-            return
-        yield item
+    if report:
+        logger.warning("%s", report.summary())
+    return PredictResult(label_field, len(ids), writer.num_detections, report)
 
 
 def _default_workers() -> int:

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from refseg.config import ReferenceConfig
+from refseg.models.weights import same_weights
 
 FORMAT = "refseg.memory_bank"
 FORMAT_VERSION = 1
@@ -114,12 +115,17 @@ class MemoryBank:
         return (means / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def check_encoder(self, identity: dict[str, Any], dim: int) -> None:
-        """Raises a ValueError unless ``identity`` is the encoder that built this bank."""
-        if identity != self.encoder or dim != self.dim:
+        """Raises a ValueError unless ``identity`` is the encoder that built this bank: the
+        same name and the same weights (by content hash where the weights are a file)."""
+        same_name = identity.get("name") == self.encoder.get("name")
+        if (
+            not (same_name and same_weights(identity.get("weights"), self.encoder.get("weights")))
+            or dim != self.dim
+        ):
             raise ValueError(
                 f"This memory bank was built with encoder {self.encoder} (D={self.dim}) but the "
                 f"encoder in use is {identity} (D={dim}). Predict with the bank's encoder "
-                "(dinov2=<its name>, with the same weights), or rebuild the bank."
+                "(leave the models unset to use the bank's), or rebuild the bank."
             )
 
     def with_references(self, other: "MemoryBank") -> "MemoryBank":

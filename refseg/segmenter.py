@@ -128,7 +128,7 @@ class Segmenter:
         self, embedding, grid: torch.Tensor, image_size: tuple[int, int]
     ) -> Predictions:
         with self.timer("prompt_decoding"), self._autocast(self.proposer.device):
-            proposals = propose(self.proposer, embedding, self.config)
+            proposals = self._propose(embedding)
             proposals = proposals.select(proposals.logits.flatten(1).gt(0).any(dim=1))
         if len(proposals) == 0:
             return Predictions.empty(self.class_names, image_size)
@@ -141,6 +141,14 @@ class Segmenter:
         if self.config.merge_resolution == "low":
             return self._merge_low_resolution(candidates, image_size)
         return self._merge_full_resolution(candidates, image_size)
+
+    def _propose(self, embedding) -> Proposals:
+        """The proposer's own ``propose`` when it has one (an image-level proposal source),
+        else the prompt grid decoded with its ``decode_points`` (SAM2's role)."""
+        own = getattr(self.proposer, "propose", None)
+        if own is not None:
+            return own(embedding, self.config)
+        return propose(self.proposer, embedding, self.config)
 
     def _match(self, proposals: Proposals, grid: torch.Tensor) -> Candidates:
         """Features, class and score of every proposal (all non-empty)."""

@@ -265,24 +265,24 @@ def test_predict_immediate_then_interrupted_run_resumed_delegated(
     assert {"reload_dataset", "set_view"} <= set(triggered(result))
     reject(lambda: op("predict")(targets, "bank", "pred"), "already exists")
 
-    # interrupt a second run after its first sample was written
-    import refseg.segmenter
+    # interrupt a second run after its first sample was written: its second write fails
+    import refseg.writer
 
     _plugin_module("predict").WRITE_EVERY = 1
-    original = refseg.segmenter.Segmenter.segment_batch
+    original = refseg.writer.write_detections
     calls = []
 
-    def crash_on_second_batch(self, *args, **kwargs):
+    def crash_on_second_write(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("simulated interruption")
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(refseg.segmenter.Segmenter, "segment_batch", crash_on_second_batch)
+    monkeypatch.setattr(refseg.writer, "write_detections", crash_on_second_write)
     with pytest.raises(ExecutionError, match="simulated interruption"):
         op("predict")(targets, "bank", "pred_resumed", **SETTINGS)
     assert len(targets.exists("pred_resumed")) == 1
-    monkeypatch.setattr(refseg.segmenter.Segmenter, "segment_batch", original)
+    monkeypatch.setattr(refseg.writer, "write_detections", original)
 
     resumed = op("predict")(targets, "bank", "pred_resumed", resume=True, delegate=True, **SETTINGS)
     doc = run_queued(resumed, "predict")

@@ -68,7 +68,7 @@ def test_pipeline_scores_high_ap_and_ignores_negatives(shapes, bank_and_targets)
         num_workers=0,
         progress=False,
     )
-    assert written > 0
+    assert written.num_detections > 0
     report = refseg.evaluate(
         targets.match_tags("negative", bool=False), "predictions", "ground_truth"
     )

@@ -100,7 +100,7 @@ def test_refuses_an_empty_view_and_another_encoder(setup):
 def test_images_without_candidates_get_empty_detections(setup):
     _, bank, targets = setup
     config = dataclasses.replace(CONFIG, pred_iou_thresh=0.95)  # the stand-in never says > 0.9
-    assert run(targets.limit(2), bank, "pred_empty", config=config) == 0
+    assert run(targets.limit(2), bank, "pred_empty", config=config).num_detections == 0
     assert [len(d.detections) for d in targets.limit(2).values("pred_empty")] == [0, 0]
 
 

@@ -24,15 +24,20 @@ from refseg.config import (
     PredictConfig,
     ReferenceConfig,
 )
+from refseg.models import Components
+from refseg.presets import Preset
 from refseg.reproduce import cli, runner
 from refseg.reproduce.data import GT_FIELD, REFERENCES, TARGETS, CocoSource, load_coco_dataset
 from refseg.reproduce.protocols import COCO_NOVEL_CLASSES
-from refseg.reproduce.runner import Components, Models
+from refseg.reproduce.runner import RunSettings
 from refseg.synthetic import CLASSES, NEGATIVE_CLASS, random_shapes, render
 
-STAND_IN_MODELS = Models(
-    reference=ReferenceConfig(),
-    predict=PredictConfig(points_per_side=12, points_batch_size=50),
+STAND_IN_MODELS = RunSettings(
+    preset=Preset(
+        reference=ReferenceConfig(),
+        predict=PredictConfig(points_per_side=12, points_batch_size=50),
+        evaluate=PAPER_EVALUATE,
+    ),
     num_workers=0,
 )
 
@@ -213,7 +218,7 @@ def test_custom_end_to_end_prints_table_and_summary(custom_files, dataset_name):
     assert dataset.persistent and dataset.has_evaluation(job["eval_key"])
     assert job["bank_name"] in refseg.list_banks(dataset)
     # the models' evaluate settings (here the paper's) decide the COCO boxes evaluated
-    assert STAND_IN_MODELS.evaluate == PAPER_EVALUATE
+    assert STAND_IN_MODELS.preset.evaluate == PAPER_EVALUATE
     targets = dataset.match_tags(TARGETS)
     reports = {
         legacy: refseg.evaluate(
@@ -240,9 +245,10 @@ def test_custom_end_to_end_prints_table_and_summary(custom_files, dataset_name):
     ],
 )  # fmt: skip
 def test_paper_settings_evaluate_with_the_research_code_boxes(command, expected):
-    models = cli.models_from_args(cli.parse_args(command))
-    assert models.evaluate == (expected or EvaluateConfig())
-    assert models.predict == (PAPER_PREDICT if expected else PredictConfig())
+    preset = cli.settings_from_args(cli.parse_args(command)).preset
+    assert preset.evaluate == (expected or EvaluateConfig())
+    assert preset.predict == (PAPER_PREDICT if expected else PredictConfig())
+    assert preset == (refseg.PAPER if expected else refseg.DEFAULT)
 
 
 class Interrupted(Exception):

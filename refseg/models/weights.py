@@ -106,6 +106,22 @@ def weights_label(path: Path, digest: str) -> str:
     return f"{path.name}#sha256:{digest}"
 
 
+def same_weights(label: str | None, other: str | None) -> bool:
+    """Whether two ``identity["weights"]`` labels name the same weights: equal labels, or files
+    with the same content hash under different names."""
+    if label == other:
+        return True
+    digests = [_digest_of(x) for x in (label, other)]
+    return digests[0] is not None and digests[0] == digests[1]
+
+
+def _digest_of(label: str | None) -> str | None:
+    """The hash part of a label ``<file>#sha256:<hex>``; None for other labels."""
+    if label is None or "#sha256:" not in label:
+        return None
+    return label.rsplit("#sha256:", 1)[1]
+
+
 @contextlib.contextmanager
 def seeded_init() -> Iterator[None]:
     """Makes random initialisation on the CPU inside the block the same on every build.

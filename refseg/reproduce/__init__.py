@@ -9,16 +9,15 @@
 
 from refseg.reproduce.data import CocoSource, load_coco_dataset
 from refseg.reproduce.protocols import COCO_FSOD, Protocol, custom_protocol, voc_protocol
-from refseg.reproduce.runner import Components, Job, JobResult, Models, run_job
+from refseg.reproduce.runner import Job, JobResult, RunSettings, run_job
 from refseg.reproduce.table import format_table
 
 __all__ = [
     "COCO_FSOD",
     "CocoSource",
-    "Components",
     "Job",
     "JobResult",
-    "Models",
+    "RunSettings",
     "Protocol",
     "custom_protocol",
     "format_table",

@@ -33,18 +33,6 @@ import re
 import sys
 from typing import Sequence
 
-from refseg.config import (
-    PAPER_EVALUATE,
-    PAPER_MODELS,
-    PAPER_PREDICT,
-    PAPER_REFERENCE,
-    EvaluateConfig,
-    PredictConfig,
-    ReferenceConfig,
-)
-
-PRODUCT_MODELS = {"sam2": "sam2.1_hiera_large", "dinov2": "dinov2_vitl14"}
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -52,17 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from refseg.models import WeightsNotFoundError
 
     try:
-        models = models_from_args(args)
-        if models.pretrained:
-            _check_weights(models)
-        print(run(args, models))
+        settings = settings_from_args(args)
+        if not settings.preset.models.random:
+            _check_weights(settings.preset.models)
+        print(run(args, settings))
     except (WeightsNotFoundError, ValueError) as error:
         print(f"refseg.reproduce: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def run(args: argparse.Namespace, models, components=None) -> str:
+def run(args: argparse.Namespace, settings, components=None) -> str:
     """Loads the data, runs every job and returns the table (``components``: see runner)."""
     from refseg.models import ModelCache
     from refseg.reproduce import data as data_module
@@ -81,7 +69,7 @@ def run(args: argparse.Namespace, models, components=None) -> str:
     jobs = [Job(protocol, k, s) for k in shots for s in seeds] or [Job(protocol)]
     cache = ModelCache()
     results = [
-        run_job(dataset, job, models, summary_path=summary_path, limit=args.limit,
+        run_job(dataset, job, settings, summary_path=summary_path, limit=args.limit,
                 components=components, cache=cache, progress=not args.quiet)
         for job in jobs
     ]  # fmt: skip
@@ -134,22 +122,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return _parser().parse_args(argv)
 
 
-def models_from_args(args: argparse.Namespace):
-    """The :class:`~refseg.reproduce.runner.Models` the options ask for."""
-    from refseg.reproduce.runner import Models
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`~refseg.reproduce.runner.RunSettings` the options ask for: the preset of
+    ``--settings`` (``refseg.PAPER`` or ``refseg.DEFAULT``) with the model and grid options over
+    it."""
+    from refseg.models import Models
+    from refseg.presets import DEFAULT, PAPER
+    from refseg.reproduce.runner import RunSettings
 
-    paper = args.settings == "paper"
-    names = PAPER_MODELS if paper else PRODUCT_MODELS
-    predict = PAPER_PREDICT if paper else PredictConfig()
+    preset = PAPER if args.settings == "paper" else DEFAULT
+    models = Models.of(
+        sam2=args.sam2, dinov2=args.dinov2, sam2_checkpoint=args.sam2_checkpoint,
+        dinov2_checkpoint=args.dinov2_checkpoint,
+        pretrained=False if args.random_weights else None, base=preset.models,
+    )  # fmt: skip
+    predict = preset.predict
     if args.points_per_side is not None:
         predict = dataclasses.replace(predict, points_per_side=args.points_per_side)
-    return Models(
-        sam2=args.sam2 or names["sam2"], dinov2=args.dinov2 or names["dinov2"],
-        sam2_checkpoint=args.sam2_checkpoint, dinov2_checkpoint=args.dinov2_checkpoint,
-        pretrained=not args.random_weights,
-        reference=PAPER_REFERENCE if paper else ReferenceConfig(), predict=predict,
-        evaluate=PAPER_EVALUATE if paper else EvaluateConfig(),
-        device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+    preset = dataclasses.replace(preset, models=models, predict=predict)
+    return RunSettings(
+        preset=preset, device=args.device, batch_size=args.batch_size,
+        num_workers=args.num_workers,
     )  # fmt: skip
 
 
@@ -158,10 +151,7 @@ def _check_weights(models) -> None:
     from refseg.models import require_weights
 
     require_weights(
-        models.sam2,
-        models.dinov2,
-        sam2_checkpoint=models.sam2_checkpoint,
-        dinov2_checkpoint=models.dinov2_checkpoint,
+        models,
         hint="For a smoke run without weights add --random-weights (meaningless numbers).",
     )
 

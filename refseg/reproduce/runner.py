@@ -32,21 +32,12 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from refseg.bank_builder import build_memory_bank
-from refseg.components import FeatureEncoder, MaskProposer
-from refseg.config import (
-    PAPER_EVALUATE,
-    PAPER_MODELS,
-    PAPER_PREDICT,
-    PAPER_REFERENCE,
-    EvaluateConfig,
-    PredictConfig,
-    ReferenceConfig,
-)
 from refseg.evaluation import evaluate
 from refseg.fiftyone_io import list_banks, load_bank
 from refseg.inference import predict
 from refseg.memory import MemoryBank
-from refseg.models import ModelCache
+from refseg.models import Components, ModelCache
+from refseg.presets import PAPER, Preset
 from refseg.reproduce.data import GT_FIELD, REFERENCES, TARGETS
 from refseg.reproduce.protocols import Protocol
 from refseg.sampling import sample_references
@@ -55,61 +46,39 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Models:
-    """The models and settings of a reproduction (defaults: paper mode).
+class RunSettings:
+    """What a reproduction computes (a preset: models and settings) and how it runs.
 
     Attributes:
-        sam2, dinov2: registry names of the proposer and the encoder.
-        sam2_checkpoint, dinov2_checkpoint: explicit weight files; None = the zoo directory.
-        pretrained: False = random weights (smoke runs only; the numbers mean nothing).
-        reference: stage 1-2 settings.
-        predict: stage 3 settings (``points_per_side`` included).
-        evaluate: how the predictions become COCO results (paper: the research code's
-            one-pixel-short bbox results).
+        preset: models, reference, prediction and evaluation settings; ``refseg.PAPER`` (the
+            default) reproduces the published pipeline.
         device: torch device; None = CUDA when available.
         batch_size: target images encoded together.
         num_workers: image-decoding processes; None = the engine's default.
     """
 
-    sam2: str = PAPER_MODELS["sam2"]
-    dinov2: str = PAPER_MODELS["dinov2"]
-    sam2_checkpoint: str | None = None
-    dinov2_checkpoint: str | None = None
-    pretrained: bool = True
-    reference: ReferenceConfig = PAPER_REFERENCE
-    predict: PredictConfig = PAPER_PREDICT
-    evaluate: EvaluateConfig = PAPER_EVALUATE
+    preset: Preset = PAPER
     device: str | None = None
     batch_size: int = 1
     num_workers: int | None = None
 
-    def signature(self, components: "Components | None" = None) -> str:
+    def signature(self, components: Components | None = None) -> str:
         """8 hex digits naming what decides the results: models, weights and settings."""
+        preset = self.preset
         identity: dict[str, Any] = {
-            "reference": self.reference.to_dict(),
-            "predict": self.predict.to_dict(),
-            "evaluate": self.evaluate.to_dict(),
-            "pretrained": self.pretrained,
+            "reference": preset.reference.to_dict(),
+            "predict": preset.predict.to_dict(),
+            "evaluate": preset.evaluate.to_dict(),
         }
         if components is None:
-            identity["models"] = [self.sam2, self.dinov2]
-            identity["checkpoints"] = [
-                None if path is None else os.path.basename(path)
-                for path in (self.sam2_checkpoint, self.dinov2_checkpoint)
-            ]
+            models = preset.models.to_dict()
+            for key in ("proposer_weights", "encoder_weights"):
+                models[key] = os.path.basename(models[key])
+            identity["models"] = models
         else:
             identity["models"] = [components.proposer.identity, components.encoder.identity]
         text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-@dataclass(frozen=True)
-class Components:
-    """Ready models used instead of building them from :class:`Models` (tests inject the
-    deterministic stand-ins of ``tests/stand_ins.py`` here)."""
-
-    proposer: MaskProposer
-    encoder: FeatureEncoder
 
 
 @dataclass(frozen=True)
@@ -135,7 +104,7 @@ class JobResult:
 
     Attributes:
         protocol, shots, seed: the job (shots None = all references of the file).
-        signature: :meth:`Models.signature` of the run.
+        signature: :meth:`RunSettings.signature` of the run.
         bank_name, pred_field, eval_key: where the bank, predictions and evaluation are stored.
         reference_counts: class -> number of references in the bank.
         num_targets: evaluated images.
@@ -172,7 +141,7 @@ class JobResult:
 def run_job(
     dataset: fo.Dataset,
     job: Job,
-    models: Models,
+    settings: RunSettings,
     *,
     summary_path: str,
     limit: int | None = None,
@@ -185,10 +154,11 @@ def run_job(
     Args:
         dataset: a dataset with "references" and "targets" samples and ``ground_truth``.
         job: what to run.
-        models: models and settings.
+        settings: the preset and how to run it.
         summary_path: the JSON file that collects the jobs' results (updated, not replaced).
         limit: predict and evaluate only the first ``limit`` targets (quick checks).
-        components: ready models instead of building them (see :class:`Components`).
+        components: ready models instead of building them (tests inject the deterministic
+            stand-ins of ``tests/stand_ins.py`` here).
         cache: shares loaded models between jobs.
         progress: show progress bars.
 
@@ -196,11 +166,11 @@ def run_job(
         ValueError: from the steps (too few references, missing fields, ...), with the cause.
     """
     start = time.monotonic()
-    signature = models.signature(components)
+    signature = settings.signature(components)
     base = f"{job.protocol.name}_{job.key}_{signature}"
     names = {"bank": f"bank_{base}", "field": f"pred_{base}", "eval": f"eval_{base}"}
     references, targets = _split(dataset, limit)
-    run = _Step(models, components, cache or ModelCache(), progress)
+    run = _Step(settings, components, cache or ModelCache(), progress)
     steps = {"references": _tag_references(references, job)}
     bank, steps["bank"] = _ensure_bank(references, job, names["bank"], run)
     steps["predict"] = _ensure_predictions(targets, bank, names["field"], run)
@@ -218,7 +188,7 @@ def run_job(
             classes=classes,
             use_masks=all_have_masks(targets),
             overwrite=True,
-            legacy_coco_box=models.evaluate.legacy_coco_box,
+            legacy_coco_box=settings.preset.evaluate.legacy_coco_box,
         )
         steps["evaluate"] = "done"
         metrics, per_class = {"bbox": report.bbox, "segm": report.segm}, report.per_class_ap
@@ -228,7 +198,7 @@ def run_job(
         reference_counts=bank.shots(), num_targets=len(targets), limit=limit, classes=classes,
         metrics=metrics, per_class_ap=per_class, steps=steps,
         seconds=round(time.monotonic() - start, 3),
-        random_weights=not models.pretrained and components is None,
+        random_weights=settings.preset.models.random and components is None,
     )  # fmt: skip
     logger.info("%s: %s", base, steps)
     write_summary(summary_path, dataset.name, base, result)
@@ -239,7 +209,7 @@ def run_job(
 class _Step:
     """What the model-running steps share."""
 
-    models: Models
+    settings: RunSettings
     components: Components | None
     cache: ModelCache
     progress: bool
@@ -290,13 +260,12 @@ def _ensure_bank(references, job: Job, name: str, run: _Step) -> tuple[MemoryBan
     dataset = references._dataset
     if name in list_banks(dataset):
         return load_bank(dataset, name), "skipped (stored)"
-    models = run.models
+    settings = run.settings
     bank = build_memory_bank(
-        references, GT_FIELD, tag=job.reference_tag, name=name, sam2=models.sam2,
-        dinov2=models.dinov2, pretrained=models.pretrained, device=models.device,
-        config=models.reference, sam2_checkpoint=models.sam2_checkpoint,
-        dinov2_checkpoint=models.dinov2_checkpoint, encoder=run.component("encoder"),
-        proposer=run.component("proposer"), cache=run.cache, progress=run.progress,
+        references, GT_FIELD, tag=job.reference_tag, name=name, models=settings.preset.models,
+        config=settings.preset.reference, device=settings.device,
+        encoder=run.component("encoder"), proposer=run.component("proposer"), cache=run.cache,
+        progress=run.progress,
     )  # fmt: skip
     return bank, "done"
 
@@ -309,14 +278,15 @@ def _ensure_predictions(targets, bank: MemoryBank, field_name: str, run: _Step) 
         remaining = len(targets)
     if remaining == 0:
         return "skipped (complete)"
-    models = run.models
-    predict(
-        targets, bank, field_name, resume=True, config=models.predict, sam2=models.sam2,
-        sam2_checkpoint=models.sam2_checkpoint, dinov2_checkpoint=models.dinov2_checkpoint,
-        pretrained=models.pretrained, device=models.device, batch_size=models.batch_size,
-        num_workers=models.num_workers, proposer=run.component("proposer"),
+    settings = run.settings
+    result = predict(
+        targets, bank, field_name, resume=True, models=settings.preset.models,
+        config=settings.preset.predict, device=settings.device, batch_size=settings.batch_size,
+        num_workers=settings.num_workers, proposer=run.component("proposer"),
         encoder=run.component("encoder"), cache=run.cache, progress=run.progress,
     )  # fmt: skip
+    if result.failures:
+        return f"done ({remaining} of {len(targets)} images, {len(result.failures)} skipped)"
     return f"done ({remaining} of {len(targets)} images)"
 
 
