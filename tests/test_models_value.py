@@ -66,7 +66,8 @@ def test_paper_is_one_value():
     assert refseg.PAPER_MODELS == refseg.PAPER.models
     assert refseg.PAPER.reference == refseg.PAPER_REFERENCE
     assert refseg.PAPER.predict == refseg.PAPER_PREDICT
-    assert refseg.PAPER.legacy_coco_box and not refseg.DEFAULT.legacy_coco_box
+    assert refseg.PAPER.evaluate == refseg.PAPER_EVALUATE
+    assert refseg.PAPER.evaluate.legacy_coco_box and not refseg.DEFAULT.evaluate.legacy_coco_box
 
 
 def test_the_bank_decides_the_models():
