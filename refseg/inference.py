@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
-from refseg.fiftyone_io import check_label_field, samples_of, to_detections, write_detections
+from refseg.field_safety import check_output_field
+from refseg.fiftyone_io import samples_of, to_detections, write_detections
 from refseg.images import target_loader
 from refseg.memory import MemoryBank
 from refseg.models import ModelCache, build_encoder, build_proposer
@@ -87,7 +88,7 @@ def predict(
     """
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
-    check_label_field(target_view, label_field, overwrite or resume)
+    check_output_field(target_view, label_field, overwrite=overwrite or resume, bank=bank)
     if resume and label_field in target_view._dataset.get_field_schema():
         target_view = target_view.exists(label_field, False)
         if len(target_view) == 0:

@@ -141,7 +141,7 @@ def test_bank_is_stored_with_the_dataset_and_survives_a_reload(dataset_name):
     bank = make_bank()
     save_bank(dataset, "pets", bank)
     assert list_banks(dataset) == ["pets"]
-    with pytest.raises(ValueError, match="already has a run named 'pets'"):
+    with pytest.raises(ValueError, match="already has a memory bank named 'pets'"):
         save_bank(dataset, "pets", bank)
     reloaded = fo.load_dataset(dataset_name)
     reloaded.reload()
