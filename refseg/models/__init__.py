@@ -41,7 +41,9 @@ from refseg.models.sam2_proposer import (
 )
 from refseg.models.weights import (
     RANDOM_WEIGHTS,
+    CheckpointError,
     CheckpointMismatchError,
+    WeightsCorruptError,
     WeightsNotFoundError,
     file_digest,
     resolve_checkpoint,
@@ -53,6 +55,7 @@ __all__ = [
     "DECODER_KINDS",
     "DINOV2_MODELS",
     "SAM2_MODELS",
+    "CheckpointError",
     "CheckpointMismatchError",
     "DecoderKind",
     "Dinov2Encoder",
@@ -63,6 +66,7 @@ __all__ = [
     "Sam2Embedding",
     "Sam2Proposer",
     "Sam2Spec",
+    "WeightsCorruptError",
     "WeightsNotFoundError",
     "build_encoder",
     "build_proposer",
