@@ -171,6 +171,7 @@ def _prepare(labels, encoder, proposer, config, source: _Source):
             _image_failed(image_labels, error, source)
             continue
         boxes = [absolute_box(label.detection, width, height) for label in image_labels]
+        _check_sizes(image_labels, boxes)
         masks = _masks(image_labels, boxes, width, height, proposer, filepath)
         for label, box, (mask, mask_source) in zip(image_labels, boxes, masks):
             record = ReferenceRecord(
@@ -185,6 +186,15 @@ def _prepare(labels, encoder, proposer, config, source: _Source):
             )
             crop = crop_reference(image, torch.from_numpy(mask), box, encoder.input_size, config)
             yield _Prepared(record, crop)
+
+
+def _check_sizes(labels: list[ReferenceLabel], boxes: list[tuple[float, ...]]) -> None:
+    """Refuses boxes under one pixel, which have no pixel to encode."""
+    for label, (_, _, w, h) in zip(labels, boxes):
+        if w < 1 or h < 1:
+            raise InvalidReferenceError.of(
+                label, f"its box is {w:g}x{h:g} px, under one pixel; draw a box around the object"
+            )
 
 
 def _image_failed(labels: list[ReferenceLabel], error: ImageReadError, source: _Source) -> None:
@@ -233,15 +243,20 @@ def _check_weights(batch: list[_Prepared], weight_sums: torch.Tensor, config) ->
     for prepared, total in zip(batch, weight_sums.tolist()):
         if total <= 0:
             record = prepared.record
+            fix = (
+                "its mask lies outside its context crop (a box of a few pixels whose mask "
+                "spills out of it); draw a box that frames the mask"
+                if config.mask_downsample == "area"
+                else "no patch of the encoder's grid samples a mask pixel with "
+                "mask_downsample='nearest' (a thin or tiny object); build with "
+                "mask_downsample='area', which weighs every mask pixel"
+            )
             raise InvalidReferenceError(
                 [
                     (
                         record.sample_id,
                         record.label_id,
-                        f"its mask has no pixel on the encoder's patch grid with mask_downsample="
-                        f"{config.mask_downsample!r} (a thin or tiny object; class "
-                        f"{record.label!r}, image {record.filepath}); build with "
-                        "mask_downsample='area', which keeps every mask pixel",
+                        f"{fix} (class {record.label!r}, image {record.filepath})",
                     )
                 ]
             )

@@ -67,9 +67,7 @@ def context_crop(
 
     The box is first snapped as the research code read COCO boxes (x1 = int(x), x2 = int(x + w));
     the square's side is ``(1 + ratio) * max(box w, box h)`` around the box centre; its ends are
-    truncated to integers and clipped, so a crop at the border is no longer square. A box under
-    a pixel (snapped to zero width and height, where the paper's crop would be empty) gets the
-    crop of a one-pixel box, and a crop is always at least one pixel wide and high.
+    truncated to integers and clipped, so a crop at the border is no longer square.
 
     Args:
         box: (x, y, w, h) in original-image pixels.
@@ -81,22 +79,13 @@ def context_crop(
     """
     x, y, w, h = box
     bx1, by1, bx2, by2 = int(x), int(y), int(x + w), int(y + h)
-    side = max(bx2 - bx1, by2 - by1, 1) * (1.0 + ratio)
+    side = max(bx2 - bx1, by2 - by1) * (1.0 + ratio)
     cx, cy = (bx1 + bx2) / 2.0, (by1 + by2) / 2.0
-    x1, x2 = _span(cx, side, image_width)
-    y1, y2 = _span(cy, side, image_height)
+    x1, x2 = max(0, int(cx - side / 2)), min(image_width, int(cx + side / 2))
+    y1, y2 = max(0, int(cy - side / 2)), min(image_height, int(cy + side / 2))
     if x2 <= x1 or y2 <= y1:
         raise ValueError(
             f"Reference box {box} gives an empty crop in a {image_width}x{image_height} image; "
             "check that the box lies inside the image"
         )
     return x1, y1, x2, y2
-
-
-def _span(centre: float, side: float, limit: int) -> tuple[int, int]:
-    """[start, end) of a crop side around ``centre``, truncated, clipped to [0, limit), and at
-    least one pixel long where it starts inside the image."""
-    start, end = max(0, int(centre - side / 2)), min(limit, int(centre + side / 2))
-    if end <= start < limit:
-        end = start + 1
-    return start, end

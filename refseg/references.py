@@ -5,15 +5,17 @@ loaded (each problem is an :class:`InvalidReferenceError` naming the sample, the
 fix):
 
 - a class name;
-- a box: four finite numbers with positive width and height, not wholly outside the image.
-  A box partly outside the image works: it is clipped to the image;
+- a box: four finite numbers with positive width and height, not wholly outside the image, at
+  least one pixel wide and high in its image. A box partly outside the image works: it is
+  clipped to the image;
 - a mask, if it has one (``mask`` or ``mask_path``): 2-D, readable, with at least one pixel set.
   A mask whose shape does not fit its box works: it is resized into the box as FiftyOne renders
   it. A one-pixel mask works (its crop is at least a pixel, and ``mask_downsample="area"`` gives
   it a positive weight); box-only labels get their mask from SAM2.
 
-Problems that only show on the pixels (a mask that ends up empty once placed in the image, a
-SAM2 mask that is empty) raise the same error while the references are encoded.
+Problems that only show on the pixels (a box under one pixel, a mask that ends up empty once
+placed in the image, a SAM2 mask that is empty, a mask with no weight on the encoder's patch
+grid) raise the same error while the references are encoded.
 """
 
 from __future__ import annotations
