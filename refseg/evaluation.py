@@ -68,10 +68,11 @@ def evaluate(
     """Evaluates ``pred_field`` against ``gt_field`` on ``view`` with COCO AP (bbox and segm).
 
     Image sizes come from ``metadata``; samples without it get ``compute_metadata()`` first.
-    A sample whose image cannot be read then has no size and cannot be evaluated: it is left
-    out of both the pycocotools tables and the FiftyOne run, logged and recorded in
-    ``failures`` (or raised, with ``skip_failures=False``). Samples whose fields are None count
-    as images with no detections.
+    Only the size is needed, not the pixels: a sample whose size cannot be read (missing,
+    empty or unrecognisable file) cannot be evaluated and is left out of both the pycocotools
+    tables and the FiftyOne run, logged and recorded in ``failures`` (or raised, with
+    ``skip_failures=False``); a truncated image whose header gives its size is evaluated.
+    Samples whose fields are None count as images with no detections.
 
     Args:
         view: the samples (a dataset or a view) to evaluate.

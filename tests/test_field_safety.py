@@ -10,7 +10,6 @@ import dataclasses
 import json
 
 import fiftyone as fo
-import numpy as np
 import pytest
 from stand_ins import PaletteEncoder, ShapeProposer
 

@@ -7,7 +7,6 @@ is built. Every refusal leaves the dataset exactly as it was (``fingerprint``).
 from __future__ import annotations
 
 import base64
-import dataclasses
 from pathlib import Path
 
 import fiftyone as fo
