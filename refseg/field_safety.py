@@ -16,7 +16,8 @@ refuses with a ``ValueError`` that names the field and says what to do:
   bank stored with the dataset (the ``reference_fields`` of its run);
 - an existing field of another type than the one written (e.g. a string or Classification
   field where Detections are written);
-- an existing field without ``overwrite``.
+- an existing field without ``overwrite``;
+- a collection that is not of images (video, grouped): refseg writes image labels only.
 
 The ``*_problem`` functions return the message (or None) for the operators' forms, which show
 it and block the run; the ``check_*`` functions raise it.
@@ -24,16 +25,12 @@ it and block the run; the ``check_*`` functions raise it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
 
 from refseg.fiftyone_io import BANK_RUN_METHOD, list_banks, run_method
-
-if TYPE_CHECKING:
-    from refseg.memory import MemoryBank
+from refseg.memory import MemoryBank
 
 SampleCollection = fo.core.collections.SampleCollection
 
@@ -78,7 +75,7 @@ def output_field_problem(
     field: object,
     *,
     overwrite: bool,
-    bank: "MemoryBank | None" = None,
+    bank: MemoryBank | None = None,
     what: str = "label_field",
 ) -> str | None:
     """Why refseg may not write ``fo.Detections`` into ``field`` of ``collection``, or None.
@@ -128,7 +125,7 @@ def check_output_field(
     field: object,
     *,
     overwrite: bool,
-    bank: "MemoryBank | None" = None,
+    bank: MemoryBank | None = None,
     what: str = "label_field",
 ) -> None:
     """Raises a ValueError with :func:`output_field_problem`'s message, if there is one."""
@@ -253,7 +250,7 @@ def _media_problem(collection: SampleCollection) -> str | None:
 def _reserved_names(collection: SampleCollection) -> set[str]:
     """Default fields (private ones too), ``fo.Sample`` attributes and always-reserved names."""
     dataset = collection._dataset
-    names = set(dataset._get_default_sample_fields(include_private=True))
+    names = set(fo.core.sample.get_default_sample_fields(include_private=True))
     names |= {name for name in dir(fo.Sample) if not name.startswith("_")}
     names |= ALWAYS_RESERVED
     if dataset.group_field:
@@ -261,7 +258,7 @@ def _reserved_names(collection: SampleCollection) -> set[str]:
     return names
 
 
-def _protection(dataset: fo.Dataset, field: str, bank: "MemoryBank | None") -> str | None:
+def _protection(dataset: fo.Dataset, field: str, bank: MemoryBank | None) -> str | None:
     """Why ``field`` of ``dataset`` holds memory bank references, or None."""
     if bank is not None:
         if any(r.field == field and r.dataset == dataset.name for r in bank.references):
