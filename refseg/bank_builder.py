@@ -124,7 +124,7 @@ def build_memory_bank(
     encoder = encoder or build_encoder(
         dinov2, checkpoint=dinov2_checkpoint, pretrained=pretrained, device=device, cache=cache
     )
-    needs_proposer = any(detection_mask(label.detection) is None for label in labels)
+    needs_proposer = any(not label.detection.has_mask for label in labels)
     if needs_proposer and proposer is None:
         proposer = build_proposer(
             sam2, checkpoint=sam2_checkpoint, pretrained=pretrained, device=device, cache=cache
