@@ -131,6 +131,23 @@ def new_field_name(
     return value
 
 
+def field_problem(inputs: types.Object, name: str, problem: str | None) -> bool:
+    """Shows a ``refseg.field_safety`` problem in the form (blocking the run); True if any."""
+    if problem:
+        error(inputs, name, problem)
+    return bool(problem)
+
+
+def failures_output(outputs: types.Object) -> None:
+    """The skipped samples of a run (``results["failures"]``: a FailureReport summary)."""
+    outputs.str("failures", label="Skipped samples", view=types.MarkdownView())
+
+
+def failure_results(report) -> dict:
+    """The results entries that show a ``FailureReport`` in the operator's output."""
+    return {"num_failures": len(report), "failures": report.summary(limit=20)}
+
+
 def tag_input(
     ctx,
     inputs: types.Object,
@@ -240,9 +257,14 @@ def bank_models(ctx, inputs: types.Object, key: str):
         The ``MemoryBank``, or None when it cannot be applied.
     """
     from refseg import load_bank
+    from refseg.memory import BankFileError
     from refseg.models import RANDOM_WEIGHTS, model_names
 
-    bank = load_bank(ctx.dataset, key)
+    try:
+        bank = load_bank(ctx.dataset, key)
+    except BankFileError as problem:
+        error(inputs, "bank_damaged", str(problem))
+        return None
     shots = ", ".join(f"{c} {n}" for c, n in bank.shots().items())
     encoder, weights = bank.encoder.get("name"), bank.encoder.get("weights")
     notice(inputs, f"{key}_info", f"Bank '{key}': {shots}; DINOv2 {encoder} ({weights})")

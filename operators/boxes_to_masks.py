@@ -29,12 +29,15 @@ class BoxesToMasks(foo.Operator):
         sam2=None,
         random_weights=False,
         device=None,
+        skip_failures=True,
         delegate=False,
         delegation_target=None,
     ):
         """Fills the masks of the box-only labels of ``gt_field`` (those tagged ``tag``, default
         ``refseg.DEFAULT_TAG``, or all with ``all_labels=True``): in place, or in
-        ``output_field``, a copy of ``gt_field`` with the masks filled.
+        ``output_field``, a copy of ``gt_field`` with the masks filled. Samples whose image
+        cannot be read are skipped and listed in the output (``skip_failures=False`` fails at
+        the first one, after writing the masks already made).
 
         Example::
 
@@ -50,6 +53,7 @@ class BoxesToMasks(foo.Operator):
             sam2=sam2,
             random_weights=random_weights,
             device=device,
+            skip_failures=skip_failures,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -74,6 +78,8 @@ class BoxesToMasks(foo.Operator):
         outputs = types.Object()
         outputs.int("num_masks", label="Masks made")
         outputs.str("field", label="Written to")
+        outputs.int("num_failures", label="Samples skipped")
+        _forms.failures_output(outputs)
         return _forms.output_form(outputs, "Boxes to masks")
 
 
@@ -112,56 +118,56 @@ def _inputs(ctx, inputs) -> None:
             "Created as a copy of the label field",
             default=f"{gt_field}_masks",
         )
-        if field is not None and field in ctx.dataset.get_field_schema():
-            _forms.error(inputs, "field_exists", f"Field '{field}' exists: choose another name")
+        if field is not None:
+            from refseg.field_safety import new_field_problem
+
+            problem = new_field_problem(ctx.dataset, field, what="output_field")
+            _forms.field_problem(inputs, "field_exists", problem)
     _forms.model_inputs(ctx, inputs, dinov2=False)
+    inputs.bool(
+        "skip_failures",
+        default=True,
+        label="Skip unreadable images",
+        description="Skip samples whose image cannot be read (they are listed) instead of failing",
+        view=types.CheckboxView(),
+    )
     _forms.delegation_notice(ctx, inputs)
 
 
 def _fill(ctx, progress) -> dict:
     import refseg
+    from refseg.box_masks import iter_box_masks
+    from refseg.failures import FailureReport
+    from refseg.field_safety import check_new_field
 
     gt_field = ctx.params["gt_field"]
     field = gt_field
     if _forms.param(ctx, "write", "in_place") == "new_field":
         field = ctx.params["output_field"]
-        ctx.dataset.clone_sample_field(gt_field, field)
+        check_new_field(ctx.dataset, field, what="output_field")
     tag = _forms.reference_tag(ctx)
     view = ctx.target_view()
     if tag is not None:
-        view = view.filter_labels(field, _forms.has_tag(tag))
-    view = view.filter_labels(field, _forms.no_mask())
+        view = view.filter_labels(gt_field, _forms.has_tag(tag))
+    labels = list(refseg.reference_labels(view.filter_labels(gt_field, _forms.no_mask()), gt_field))
     progress(0.0, "Loading SAM2")
     proposer = _forms.models_of(ctx).build_component(
         "proposer", device=_forms.device_of(ctx), cache=_common.MODEL_CACHE.get()
     )
-    masks = {}
-    labels = list(refseg.reference_labels(view, field))
-    for filepath, group in _by_image(labels).items():
-        masks.update(_image_masks(proposer, filepath, group))
-        progress(len(masks) / len(labels), f"Made {len(masks)} of {len(labels)} masks")
-    ctx.dataset.set_label_values(f"{field}.detections.mask", masks)
-    return {"num_masks": len(masks), "field": field}
-
-
-def _by_image(labels) -> dict:
-    groups: dict = {}
-    for label in labels:
-        groups.setdefault(label.filepath, []).append(label)
-    return groups
-
-
-def _image_masks(proposer, filepath, labels) -> dict:
-    """{label id: mask cropped to its box, as FiftyOne stores it} for one image's labels."""
-    from refseg.references import absolute_box, masks_from_boxes
-
-    width, height = labels[0].image_size
-    boxes = [absolute_box(label.detection, width, height) for label in labels]
-    result = {}
-    for label, (x, y, w, h), full in zip(
-        labels, boxes, masks_from_boxes(proposer, filepath, boxes)
-    ):
-        x0, y0 = int(round(x)), int(round(y))
-        x1, y1 = max(x0 + 1, int(round(x + w))), max(y0 + 1, int(round(y + h)))
-        result[label.detection.id] = full[y0:y1, x0:x1]
-    return result
+    if field != gt_field:
+        ctx.dataset.clone_sample_field(gt_field, field)  # label ids are kept
+    report = FailureReport("boxes_to_masks")
+    masks: dict = {}
+    try:
+        for image_masks in iter_box_masks(
+            labels,
+            proposer,
+            skip_failures=bool(_forms.param(ctx, "skip_failures", True)),
+            failures=report,
+        ):
+            masks.update(image_masks)
+            progress(len(masks) / len(labels), f"Made {len(masks)} of {len(labels)} masks")
+    finally:  # masks made before a failure are written before it propagates
+        if masks:
+            ctx.dataset.set_label_values(f"{field}.detections.mask", masks)
+    return {"num_masks": len(masks), "field": field, **_forms.failure_results(report)}

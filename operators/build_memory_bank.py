@@ -34,6 +34,7 @@ class BuildMemoryBank(foo.Operator):
         mask_downsample=None,
         batch_size=None,
         overwrite=False,
+        skip_failures=None,
         selected_labels=None,
         delegate=False,
         delegation_target=None,
@@ -43,7 +44,9 @@ class BuildMemoryBank(foo.Operator):
 
         The references are the labels tagged ``tag`` (default ``refseg.DEFAULT_TAG``), or every
         label of the field with ``all_labels=True``; ``selected_labels`` (App format) restricts
-        them to those labels. None arguments take the engine's defaults.
+        them to those labels. ``skip_failures=True`` leaves out references whose image cannot
+        be read (listed in the output) instead of failing. None arguments take the engine's
+        defaults.
 
         Example::
 
@@ -63,6 +66,7 @@ class BuildMemoryBank(foo.Operator):
             mask_downsample=mask_downsample,
             batch_size=batch_size,
             overwrite=overwrite,
+            skip_failures=skip_failures,
         )
         request = {}
         if selected_labels:
@@ -92,6 +96,7 @@ class BuildMemoryBank(foo.Operator):
         outputs.str("name", label="Memory bank")
         outputs.int("num_references", label="References")
         _forms.summary(outputs)
+        _forms.failures_output(outputs)
         return _forms.output_form(outputs, "Memory bank built")
 
 
@@ -140,6 +145,14 @@ def _inputs(ctx, inputs) -> None:
         label="Batch size",
         description="Reference crops encoded together",
     )
+    inputs.bool(
+        "skip_failures",
+        default=_forms.engine_default(refseg.build_memory_bank, "skip_failures"),
+        label="Skip unreadable images",
+        description="Leave out references whose image cannot be read (they are listed) "
+        "instead of failing",
+        view=types.CheckboxView(),
+    )
     _forms.delegation_notice(ctx, inputs)
 
 
@@ -171,13 +184,17 @@ def _name_input(ctx, inputs) -> None:
                 "name_taken",
                 f"A memory bank named '{name}' exists: tick 'Replace' or choose another name",
             )
-    elif ctx.dataset.has_run(name):
-        _forms.error(inputs, "name_taken", f"The dataset has another run named '{name}'")
+    else:
+        from refseg.field_safety import bank_name_problem
+
+        problem = bank_name_problem(ctx.dataset, name, overwrite=False)
+        _forms.field_problem(inputs, "name_taken", problem)
 
 
 def _build(ctx, progress) -> dict:
     import refseg
     from refseg.config import ReferenceConfig
+    from refseg.failures import FailureReport
 
     defaults = ReferenceConfig()
     config = ReferenceConfig(
@@ -185,6 +202,7 @@ def _build(ctx, progress) -> dict:
         mask_downsample=_forms.param(ctx, "mask_downsample", defaults.mask_downsample),
     )
     tag = _forms.reference_tag(ctx)
+    report = FailureReport("build_memory_bank")
     progress(0.0, "Loading models and encoding references")
     bank = refseg.build_memory_bank(
         ctx.target_view(),
@@ -202,12 +220,21 @@ def _build(ctx, progress) -> dict:
         overwrite=bool(ctx.params.get("overwrite", False)),
         cache=_common.MODEL_CACHE.get(),
         progress=lambda done, total: progress(done / total, f"Encoded {done}/{total} references"),
+        skip_failures=bool(
+            _forms.param(
+                ctx,
+                "skip_failures",
+                _forms.engine_default(refseg.build_memory_bank, "skip_failures"),
+            )
+        ),
+        failures=report,
     )
     progress(1.0, f"Stored memory bank '{ctx.params['name']}'")
     return {
         "name": ctx.params["name"],
         "num_references": len(bank.references),
         "summary": bank_summary(bank),
+        **_forms.failure_results(report),
     }
 
 

@@ -28,11 +28,13 @@ class Evaluate(foo.Operator):
         classes=None,
         use_masks=None,
         overwrite=False,
+        skip_failures=True,
         delegate=False,
         delegation_target=None,
     ):
         """Evaluates ``pred_field`` against ``gt_field`` and stores the FiftyOne evaluation
-        ``eval_key`` (see ``refseg.evaluate``).
+        ``eval_key`` (see ``refseg.evaluate``). Samples whose image size cannot be read are
+        left out and listed in the output (``skip_failures=False`` fails instead).
 
         Example::
 
@@ -46,6 +48,7 @@ class Evaluate(foo.Operator):
             classes=classes,
             use_masks=use_masks,
             overwrite=overwrite,
+            skip_failures=skip_failures,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -72,6 +75,8 @@ class Evaluate(foo.Operator):
         outputs.float("segm_AP", label="Mask AP (IoU .50:.95)")
         outputs.float("bbox_AP", label="Box AP (IoU .50:.95)")
         outputs.str("coco", label="COCO tables", view=types.MarkdownView())
+        outputs.int("num_failures", label="Samples skipped")
+        _forms.failures_output(outputs)
         return _forms.output_form(outputs, "COCO evaluation")
 
 
@@ -118,6 +123,13 @@ def _inputs(ctx, inputs) -> None:
                 "eval_exists",
                 f"Evaluation '{eval_key}' exists: tick 'Replace' or choose another key",
             )
+    elif eval_key is not None:
+        from refseg.field_safety import eval_key_problem
+
+        problem = eval_key_problem(
+            view, eval_key, pred_field=pred_field, gt_field=gt_field, overwrite=False
+        )
+        _forms.field_problem(inputs, "eval_key_refused", problem)
     use_masks = _forms.engine_default(refseg.evaluate, "use_masks")
     inputs.bool(
         "use_masks",
@@ -128,7 +140,7 @@ def _inputs(ctx, inputs) -> None:
     )
     if _forms.param(ctx, "use_masks", use_masks):
         _check_masks(inputs, view, (gt_field, pred_field))
-    labels = sorted(l for l in view.distinct(f"{gt_field}.detections.label") if l)
+    labels = sorted(name for name in view.distinct(f"{gt_field}.detections.label") if name)
     inputs.list(
         "classes",
         types.String(),
@@ -137,6 +149,14 @@ def _inputs(ctx, inputs) -> None:
         view=types.AutocompleteView(choices=[types.Choice(c, label=c) for c in labels]),
     )
     _forms.notice(inputs, "count", f"{len(view)} samples will be evaluated")
+    inputs.bool(
+        "skip_failures",
+        default=_forms.engine_default(refseg.evaluate, "skip_failures"),
+        label="Skip unreadable images",
+        description="Leave out samples whose image size cannot be read (they are listed) "
+        "instead of failing",
+        view=types.CheckboxView(),
+    )
     _forms.delegation_notice(ctx, inputs)
 
 
@@ -155,10 +175,12 @@ def _check_masks(inputs, view, fields) -> None:
 
 def _evaluate(ctx, progress) -> dict:
     import refseg
+    from refseg.failures import FailureReport
 
     view = ctx.target_view()
+    report = FailureReport("evaluate")
     progress(0.0, f"Evaluating {len(view)} samples")
-    report = refseg.evaluate(
+    result = refseg.evaluate(
         view,
         ctx.params["pred_field"],
         ctx.params["gt_field"],
@@ -168,13 +190,20 @@ def _evaluate(ctx, progress) -> dict:
             ctx, "use_masks", _forms.engine_default(refseg.evaluate, "use_masks")
         ),
         overwrite=bool(ctx.params.get("overwrite", False)),
+        skip_failures=bool(
+            _forms.param(
+                ctx, "skip_failures", _forms.engine_default(refseg.evaluate, "skip_failures")
+            )
+        ),
+        failures=report,
     )
     progress(1.0, "Evaluation stored")
     return {
         "eval_key": ctx.params["eval_key"],
-        "segm_AP": report.segm["AP"],
-        "bbox_AP": report.bbox["AP"],
-        "coco": coco_markdown(report),
+        "segm_AP": result.segm["AP"],
+        "bbox_AP": result.bbox["AP"],
+        "coco": coco_markdown(result),
+        **_forms.failure_results(report),
     }
 
 

@@ -131,8 +131,13 @@ def _add_inputs(ctx, inputs, key) -> None:
 
 def _remove_inputs(ctx, inputs, key) -> None:
     from refseg import load_bank
+    from refseg.memory import BankFileError
 
-    references = load_bank(ctx.dataset, key).references
+    try:
+        references = load_bank(ctx.dataset, key).references
+    except BankFileError as problem:
+        _forms.error(inputs, "bank_damaged", str(problem))
+        return
     in_bank = {r.label_id for r in references}
     selected = [s["label_id"] for s in ctx.selected_labels if s["label_id"] in in_bank]
     choices = types.AutocompleteView()

@@ -108,7 +108,7 @@ def _inputs(ctx, inputs) -> None:
         default=f"{key}_predictions",
     )
     if field is not None and view is not None:
-        _existing_field_inputs(ctx, inputs, view, field)
+        _existing_field_inputs(ctx, inputs, view, field, bank)
     if bank is None:
         return
     settings_inputs(inputs)
@@ -153,21 +153,16 @@ def settings_inputs(inputs) -> None:
     )
 
 
-def _existing_field_inputs(ctx, inputs, view, field: str) -> None:
-    """Refuses an existing field unless the user chooses to continue or to overwrite it."""
-    import fiftyone as fo
+def _existing_field_inputs(ctx, inputs, view, field: str, bank) -> None:
+    """Refuses a field refseg may not write (``refseg.field_safety``: reserved, holding the
+    bank's references, another type); an existing Detections field needs Continue or
+    Overwrite."""
+    from refseg.field_safety import output_field_problem
 
-    schema = ctx.dataset.get_field_schema()
-    if field not in schema:
+    problem = output_field_problem(view, field, overwrite=True, bank=bank)
+    if _forms.field_problem(inputs, "label_field_refused", problem):
         return
-    kind = getattr(schema[field], "document_type", None)
-    if kind is not fo.Detections:
-        held = getattr(kind, "__name__", type(schema[field]).__name__)
-        _forms.error(
-            inputs,
-            "field_type",
-            f"Field '{field}' holds {held}, not Detections: choose another field name",
-        )
+    if field not in ctx.dataset.get_field_schema():
         return
     done = len(view.exists(field))
     choices = types.RadioGroup()

@@ -100,8 +100,13 @@ def _inputs(ctx, inputs) -> None:
         )
         return
     _forms.notice(inputs, "samples", f"Preview on {len(ids)} sample(s)")
+    from refseg.field_safety import output_field_problem
+
     key = _forms.bank_choice(ctx, inputs)
-    if key is None or _forms.bank_models(ctx, inputs, key) is None:
+    if key is None:
+        return
+    bank = _forms.bank_models(ctx, inputs, key)
+    if bank is None:
         return
     field = _forms.new_field_name(
         ctx,
@@ -111,10 +116,9 @@ def _inputs(ctx, inputs) -> None:
         "Replaced on these samples by each preview",
         default=FIELD,
     )
-    if field in ctx.dataset.get_field_schema() and field not in _forms.detections_fields(
-        ctx.dataset
-    ):
-        _forms.error(inputs, "field_type", f"Field '{field}' is not a Detections field")
+    if field is not None:
+        problem = output_field_problem(ctx.dataset, field, overwrite=True, bank=bank)
+        _forms.field_problem(inputs, "label_field_refused", problem)
     settings_inputs(inputs)
 
 

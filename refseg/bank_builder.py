@@ -16,12 +16,21 @@ from tqdm.auto import tqdm
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import ReferenceConfig
 from refseg.encoding import ReferenceCrop, crop_reference, encode_crops
-from refseg.fiftyone_io import check_bank_name, chunked, save_bank
+from refseg.failures import FailureReport, ImageReadError, SampleError, SampleFailure
+from refseg.field_safety import check_bank_name
+from refseg.fiftyone_io import chunked, save_bank
 from refseg.images import load_image
 from refseg.locks import RunLock
 from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.models import RANDOM, RANDOM_WEIGHTS, ModelCache, Models
-from refseg.references import absolute_box, label_mask, masks_from_boxes
+from refseg.references import (
+    InvalidReferenceError,
+    absolute_box,
+    check_references,
+    detection_mask,
+    label_mask,
+    masks_from_boxes,
+)
 from refseg.sampling import ReferenceLabel, reference_labels
 
 logger = logging.getLogger(__name__)
@@ -46,6 +55,8 @@ def build_memory_bank(
     overwrite: bool = False,
     cache: ModelCache | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    skip_failures: bool = False,
+    failures: FailureReport | None = None,
     sam2: str | None = None,
     dinov2: str | None = None,
     pretrained: bool | None = None,
@@ -56,10 +67,20 @@ def build_memory_bank(
 ) -> MemoryBank:
     """Encodes the reference labels of a view into a memory bank.
 
+    Every label is checked before any model or image is loaded (``refseg.references``): a
+    label without a class, without a box, with a zero-area box, a box wholly outside the image,
+    or an empty, unreadable or non-2-D mask raises an ``InvalidReferenceError`` listing the
+    labels with their sample, label id and the fix. These work: a box partly outside the image
+    (clipped), a mask whose shape does not fit its box (resized into it), a one-pixel mask or
+    a box of a few pixels (with the default ``mask_downsample="area"``), and images of any
+    mode PIL reads (grayscale, RGBA, palette, CMYK, 16-bit) and size.
+
     Args:
         reference_view: samples holding the reference labels.
-        gt_field: their ``fo.Detections`` field. Labels with a mask are used as they are;
-            box-only labels get a mask from the proposer prompted with the box.
+        gt_field: their ``fo.Detections`` field. Labels with a mask (``mask`` or
+            ``mask_path``) are used as they are; box-only labels get a mask from the proposer
+            prompted with the box. The bank records it, and predictions are never written
+            into it.
         models: the proposer (recorded with the bank, and used for box-only labels) and the
             encoder, with their weights; default ``Models()`` (SAM 2.1 Hiera-L, DINOv2
             ViT-L/14, official weights). ``refseg.PAPER.models`` for paper mode.
@@ -73,6 +94,11 @@ def build_memory_bank(
         cache: a ModelCache to reuse loaded models.
         progress: True shows a progress bar; a callable receives ``(done, total)`` references
             after each batch.
+        skip_failures: False (default) raises at the first reference whose image cannot be
+            read, since a bank silently missing a reference is wrong; True leaves such
+            references out, logs them, and records them in ``failures``.
+        failures: a report that receives every sample skipped (sample id, image path, reason);
+            pass ``FailureReport("build_memory_bank")`` and read it afterwards.
         sam2, dinov2, pretrained, sam2_checkpoint, dinov2_checkpoint: keyword shortcuts over
             ``models`` (see ``Models.of``); ``pretrained=False`` means random weights (tests
             and smoke runs only; warns).
@@ -82,9 +108,15 @@ def build_memory_bank(
         The MemoryBank (class names sorted).
 
     Raises:
-        ValueError: no reference labels, a label without a usable mask, or a stored bank of
-            the same name without ``overwrite``.
+        InvalidReferenceError: unusable reference labels (see above); nothing is encoded.
+        SampleError: with ``skip_failures=False``, a reference image cannot be read; the
+            message names the sample, the file and why.
+        ValueError: no reference labels (or none readable), or an invalid or taken bank
+            ``name`` (checked before encoding).
     """
+    dataset = reference_view._dataset
+    if name is not None:
+        check_bank_name(dataset, name, overwrite=overwrite)
     labels = list(reference_labels(reference_view, gt_field, tag=tag))
     if not labels:
         where = f"with tag {tag!r} " if tag else ""
@@ -92,9 +124,8 @@ def build_memory_bank(
             f"No labels {where}in field {gt_field!r} of the {len(reference_view)} samples given; "
             "tag references first (refseg.sample_references) or pass another view/field"
         )
-    dataset = reference_view._dataset
-    if name is not None:
-        check_bank_name(dataset, name, overwrite=overwrite)
+    check_references(labels)
+    report = failures if failures is not None else FailureReport("build_memory_bank")
     models = Models.of(
         sam2=sam2,
         dinov2=dinov2,
@@ -107,23 +138,25 @@ def build_memory_bank(
     with lock if name is not None else nullcontext():
         cache = cache or ModelCache()
         encoder = encoder or models.build_component("encoder", device=device, cache=cache)
-        needs_proposer = any(label.detection.mask is None for label in labels)
+        needs_proposer = any(not label.detection.has_mask for label in labels)
         if needs_proposer and proposer is None:
             proposer = models.build_component("proposer", device=device, cache=cache)
+        source = _Source(dataset.name, gt_field, skip_failures, report)
         records, prototypes = _encode(
-            labels, encoder, proposer, config, dataset.name, batch_size, progress
+            labels, encoder, proposer, config, source, batch_size, progress
         )
+        _check_kept(labels, records, report)
         bank = _assemble(records, prototypes, encoder, proposer, models, config)
         if name is not None:
             save_bank(dataset, name, bank, overwrite=overwrite)
     return bank
 
 
-def _encode(labels, encoder, proposer, config, dataset_name, batch_size, progress):
-    """Stages 1-2 for every label, in batches: (records, (R, D) float32 prototypes)."""
+def _encode(labels, encoder, proposer, config, source, batch_size, progress):
+    """Stages 1-2 for every readable label, in batches: (records, (R, D) float32 prototypes)."""
     records, prototypes = [], []
     bar = tqdm(total=len(labels), desc="Encoding references", disable=progress is not True)
-    for batch in chunked(_prepare(labels, encoder, proposer, config, dataset_name), batch_size):
+    for batch in chunked(_prepare(labels, encoder, proposer, config, source), batch_size):
         batch_prototypes, weight_sums = encode_crops(encoder, [p.crop for p in batch], config)
         _check_weights(batch, weight_sums, config)
         records.extend(p.record for p in batch)
@@ -132,60 +165,140 @@ def _encode(labels, encoder, proposer, config, dataset_name, batch_size, progres
         if callable(progress):
             progress(len(records), len(labels))
     bar.close()
-    return records, np.concatenate(prototypes)
+    return records, np.concatenate(prototypes) if prototypes else np.zeros(
+        (0, encoder.dim), np.float32
+    )
 
 
-def _prepare(labels, encoder, proposer, config, dataset_name):
-    """Yields each label's crop, decoding each image once."""
+@dataclass(frozen=True)
+class _Source:
+    """Where the references come from, and what to do when an image cannot be read."""
+
+    dataset: str
+    field: str
+    skip_failures: bool
+    report: FailureReport
+
+
+def _prepare(labels, encoder, proposer, config, source: _Source):
+    """Yields each label's crop, decoding each image once; unreadable images are reported
+    (``skip_failures``) or raised."""
     by_image: dict[str, list[ReferenceLabel]] = defaultdict(list)
     for label in labels:
         by_image[label.filepath].append(label)
     for filepath, image_labels in by_image.items():
-        image, (height, width) = load_image(filepath)
-        boxes = [absolute_box(l.detection, width, height) for l in image_labels]
+        try:
+            image, (height, width) = load_image(filepath)
+        except ImageReadError as error:
+            _image_failed(image_labels, error, source)
+            continue
+        boxes = [absolute_box(label.detection, width, height) for label in image_labels]
+        _check_sizes(image_labels, boxes)
         masks = _masks(image_labels, boxes, width, height, proposer, filepath)
-        for label, box, mask in zip(image_labels, boxes, masks):
-            if not mask.any():
-                raise ValueError(
-                    f"Reference label {label.detection.id} ({label.detection.label!r}) of sample "
-                    f"{label.sample_id} has an empty mask; fix or untag it"
-                )
+        for label, box, (mask, mask_source) in zip(image_labels, boxes, masks):
             record = ReferenceRecord(
-                dataset=dataset_name,
+                dataset=source.dataset,
                 sample_id=label.sample_id,
                 label_id=label.detection.id,
                 label=label.detection.label,
                 filepath=filepath,
                 box=box,
-                mask_source="label" if label.detection.mask is not None else "box",
+                mask_source=mask_source,
+                field=source.field,
             )
             crop = crop_reference(image, torch.from_numpy(mask), box, encoder.input_size, config)
             yield _Prepared(record, crop)
 
 
-def _masks(labels, boxes, width, height, proposer, filepath) -> list[np.ndarray]:
-    """Full-image masks of an image's reference labels (SAM2 for box-only labels)."""
-    masks: list[np.ndarray | None] = [
-        label_mask(l.detection, width, height) if l.detection.mask is not None else None
-        for l in labels
+def _check_sizes(labels: list[ReferenceLabel], boxes: list[tuple[float, ...]]) -> None:
+    """Refuses boxes under one pixel, which have no pixel to encode."""
+    for label, (_, _, w, h) in zip(labels, boxes):
+        if w < 1 or h < 1:
+            raise InvalidReferenceError.of(
+                label, f"its box is {w:g}x{h:g} px, under one pixel; draw a box around the object"
+            )
+
+
+def _image_failed(labels: list[ReferenceLabel], error: ImageReadError, source: _Source) -> None:
+    """Reports each sample of an unreadable image, or raises for the first one."""
+    for sample_id in dict.fromkeys(label.sample_id for label in labels):
+        failure = SampleFailure(sample_id, error.filepath, str(error))
+        if not source.skip_failures:
+            raise SampleError(failure) from error
+        source.report.add(failure)
+
+
+def _masks(labels, boxes, width, height, proposer, filepath) -> list[tuple[np.ndarray, str]]:
+    """Full-image (H, W) bool masks of an image's reference labels, each with its source:
+    "label" (the label's own mask) or "box" (SAM2 prompted with the box).
+
+    Raises:
+        InvalidReferenceError: a mask is empty once placed in the image.
+    """
+    given = [detection_mask(label.detection) for label in labels]
+    masks: list[tuple[np.ndarray, str] | None] = [
+        None if mask is None else (label_mask(label.detection, width, height, mask), "label")
+        for label, mask in zip(labels, given)
     ]
     missing = [i for i, m in enumerate(masks) if m is None]
     if missing:
         made = masks_from_boxes(proposer, filepath, [boxes[i] for i in missing])
         for i, mask in zip(missing, made):
-            masks[i] = mask
+            masks[i] = (mask, "box")
+    for label, box, (mask, mask_source) in zip(labels, boxes, masks):  # type: ignore[misc]
+        if not mask.any():
+            raise InvalidReferenceError.of(label, _empty_reason(mask_source, box))
     return masks  # type: ignore[return-value]
+
+
+def _empty_reason(mask_source: str, box: tuple[float, ...]) -> str:
+    pixels = "x".join(f"{v:g}" for v in box[2:])
+    if mask_source == "box":
+        return (
+            f"SAM2 found nothing in its box ({pixels} px) and made an empty mask; draw its mask "
+            "or a box that frames the object"
+        )
+    return f"its mask covers no pixel of the image once placed in its box ({pixels} px)"
 
 
 def _check_weights(batch: list[_Prepared], weight_sums: torch.Tensor, config) -> None:
     for prepared, total in zip(batch, weight_sums.tolist()):
         if total <= 0:
-            raise ValueError(
-                f"Reference label {prepared.record.label_id} ({prepared.record.label!r}) has no "
-                f"mask pixel on the encoder's patch grid with mask_downsample="
-                f"{config.mask_downsample!r} (a thin object); use mask_downsample='area' or "
-                "untag this label"
+            record = prepared.record
+            fix = (
+                "its mask lies outside its context crop (a box of a few pixels whose mask "
+                "spills out of it); draw a box that frames the mask"
+                if config.mask_downsample == "area"
+                else "no patch of the encoder's grid samples a mask pixel with "
+                "mask_downsample='nearest' (a thin or tiny object); build with "
+                "mask_downsample='area', which weighs every mask pixel"
             )
+            raise InvalidReferenceError(
+                [
+                    (
+                        record.sample_id,
+                        record.label_id,
+                        f"{fix} (class {record.label!r}, image {record.filepath})",
+                    )
+                ]
+            )
+
+
+def _check_kept(labels: list[ReferenceLabel], records: list[ReferenceRecord], report) -> None:
+    """Raises when no reference was kept; warns about classes whose references were all
+    skipped."""
+    if not records:
+        raise ValueError(
+            f"None of the {len(labels)} reference labels could be encoded: every image failed "
+            f"to be read.\n{report.summary()}"
+        )
+    lost = sorted({label.detection.label for label in labels} - {r.label for r in records})
+    if lost:
+        logger.warning(
+            "build_memory_bank: classes %s have no reference left after skipping unreadable "
+            "images; the bank does not know them",
+            lost,
+        )
 
 
 def _assemble(records, prototypes, encoder, proposer, models: Models, config) -> MemoryBank:

@@ -54,6 +54,9 @@ import fiftyone as fo
 from fiftyone.core.collections import SampleCollection
 
 from refseg.coco_metrics import EvaluationReport, ImageRecord, evaluate_records
+from refseg.failures import FailureReport, ImageReadError, SampleError, SampleFailure
+from refseg.field_safety import check_eval_key
+from refseg.images import read_rgb
 
 
 def evaluate(
@@ -66,10 +69,16 @@ def evaluate(
     use_masks: bool = True,
     overwrite: bool = False,
     legacy_coco_box: bool = False,
+    skip_failures: bool = True,
+    failures: FailureReport | None = None,
 ) -> EvaluationReport:
     """Evaluates ``pred_field`` against ``gt_field`` on ``view`` with COCO AP (bbox and segm).
 
     Image sizes come from ``metadata``; samples without it get ``compute_metadata()`` first.
+    Only the size is needed, not the pixels: a sample whose size cannot be read (missing,
+    empty or unrecognisable file) cannot be evaluated and is left out of both the pycocotools
+    tables and the FiftyOne run, logged and recorded in ``failures`` (or raised, with
+    ``skip_failures=False``); a truncated image whose header gives its size is evaluated.
     Samples whose fields are None count as images with no detections.
 
     Args:
@@ -89,33 +98,41 @@ def evaluate(
             in width and height (derived from each prediction's mask, as the research code
             did; ``refseg.config.PAPER_EVALUATE`` sets it), to reproduce its published bbox
             numbers. The labels and the masks are not changed. False uses the labels' boxes.
+        skip_failures: True (default) leaves out samples whose image cannot be read and
+            reports them; False raises a ``SampleError`` naming the first such file.
+        failures: a report that receives the skipped samples (sample id, path, reason); pass
+            ``FailureReport("evaluate")`` and read it afterwards.
 
     Returns:
         The :class:`~refseg.coco_metrics.EvaluationReport`; ``report.table()`` prints it.
 
     Raises:
         ValueError: a field is missing or not ``fo.Detections``, ``eval_key`` exists and
-            ``overwrite`` is False, the view is empty, an image has no readable size, or a
-            prediction has no confidence.
+            ``overwrite`` is False, ``eval_key`` would write a reserved field or an attribute
+            that holds data (``refseg.field_safety``), the view is empty or no sample is
+            readable, or a prediction has no confidence.
+        SampleError: ``skip_failures=False`` and an image cannot be read.
     """
     for name in (pred_field, gt_field):
         _check_detections_field(view, name)
-    if eval_key is not None and view.has_evaluation(eval_key) and not overwrite:
-        raise ValueError(
-            f"evaluation {eval_key!r} already exists on this dataset; "
-            "pass overwrite=True to replace it or choose another eval_key"
+    if eval_key is not None:
+        check_eval_key(
+            view, eval_key, pred_field=pred_field, gt_field=gt_field, overwrite=overwrite
         )
-    records = _read_records(view, pred_field, gt_field)
-    report = evaluate_records(records, classes=classes, legacy_coco_box=legacy_coco_box)
+    report = failures if failures is not None else FailureReport("evaluate")
+    records, skipped = _read_records(view, pred_field, gt_field, skip_failures, report)
+    result = evaluate_records(records, classes=classes, legacy_coco_box=legacy_coco_box)
     if eval_key is None:
-        return report
+        return result
     if use_masks:
         _check_masks(records)
+    if skipped:
+        view = view.exclude(skipped)
     fiftyone_map = _run_fiftyone_evaluation(
         view, pred_field, gt_field, eval_key, classes=classes, use_masks=use_masks
     )
     iou_type = "segm" if use_masks else "bbox"
-    return dataclasses.replace(report, fiftyone_map=fiftyone_map, fiftyone_iou_type=iou_type)
+    return dataclasses.replace(result, fiftyone_map=fiftyone_map, fiftyone_iou_type=iou_type)
 
 
 def _check_detections_field(view: SampleCollection, name: str) -> None:
@@ -132,18 +149,37 @@ def _check_detections_field(view: SampleCollection, name: str) -> None:
         )
 
 
-def _read_records(view: SampleCollection, pred_field: str, gt_field: str) -> list[ImageRecord]:
+def _read_records(
+    view: SampleCollection,
+    pred_field: str,
+    gt_field: str,
+    skip_failures: bool,
+    report: FailureReport,
+) -> tuple[list[ImageRecord], list[str]]:
     """Reads sizes and detections of every sample in one ``values()`` pass (two if metadata
-    has to be computed first)."""
-    paths = ["filepath", "metadata.width", "metadata.height", gt_field, pred_field]
+    has to be computed first).
+
+    Returns:
+        The records of the samples with a size, and the ids of those without one (their image
+        cannot be read), each reported in ``report``.
+
+    Raises:
+        SampleError: ``skip_failures=False`` and an image cannot be read.
+    """
+    paths = ["id", "filepath", "metadata.width", "metadata.height", gt_field, pred_field]
     columns = view.values(paths)
-    if any(w is None or h is None for w, h in zip(columns[1], columns[2])):
-        view.compute_metadata(progress=False)
+    if any(w is None or h is None for w, h in zip(columns[2], columns[3])):
+        view.exists("metadata.width", False).compute_metadata(warn_failures=False, progress=False)
         columns = view.values(paths)
-    records = []
-    for filepath, width, height, gt, pred in zip(*columns):
+    records, skipped = [], []
+    for sample_id, filepath, width, height, gt, pred in zip(*columns):
         if width is None or height is None:
-            raise ValueError(f"cannot read the size of {filepath!r}; check that the file exists")
+            failure = SampleFailure(sample_id, filepath, _unreadable_reason(filepath))
+            if not skip_failures:
+                raise SampleError(failure)
+            report.add(failure)
+            skipped.append(sample_id)
+            continue
         records.append(
             ImageRecord(
                 width=width,
@@ -153,7 +189,20 @@ def _read_records(view: SampleCollection, pred_field: str, gt_field: str) -> lis
                 name=filepath,
             )
         )
-    return records
+    if skipped and not records:
+        raise ValueError(
+            f"nothing to evaluate: no image of the view can be read.\n{report.summary()}"
+        )
+    return records, skipped
+
+
+def _unreadable_reason(filepath: str) -> str:
+    """Why FiftyOne could not compute an image's size (the decoder's own words)."""
+    try:
+        read_rgb(filepath)
+    except ImageReadError as error:
+        return f"{error}, so its size is unknown"
+    return f"FiftyOne cannot compute the size of {filepath!r} (its metadata)"
 
 
 def _check_masks(records: Sequence[ImageRecord]) -> None:

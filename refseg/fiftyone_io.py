@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any, Iterable
 
 import fiftyone as fo
 
-from refseg.memory import MemoryBank
+from refseg.memory import BankFileError, MemoryBank
 from refseg.predictions import Predictions
 
 BANK_RUN_METHOD = "refseg.memory_bank"
@@ -32,26 +33,6 @@ def to_detections(predictions: Predictions) -> fo.Detections:
     return fo.Detections(detections=detections)
 
 
-def check_label_field(
-    view: fo.core.collections.SampleCollection, field: str, overwrite: bool
-) -> None:
-    """Refuses to write into an existing field unless ``overwrite``; refuses a non-Detections one."""
-    schema = view._dataset.get_field_schema()
-    if field not in schema:
-        return
-    if not overwrite:
-        raise ValueError(
-            f"Field {field!r} already exists on dataset {view._dataset.name!r}; choose another "
-            "label_field, or pass overwrite=True to replace its values on the samples being predicted"
-        )
-    document_type = getattr(schema[field], "document_type", None)
-    if document_type is not fo.Detections:
-        raise ValueError(
-            f"Field {field!r} holds {document_type or type(schema[field]).__name__}, not "
-            "Detections; refseg will not overwrite it. Choose another label_field."
-        )
-
-
 def write_detections(
     view: fo.core.collections.SampleCollection, field: str, values: dict[str, fo.Detections]
 ) -> None:
@@ -63,9 +44,17 @@ def write_detections(
 def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: bool = False) -> None:
     """Stores a memory bank with the dataset as a custom run named ``key``.
 
-    The run's config summarises the bank (classes, shots, models, settings) so the App and
-    ``dataset.list_runs()`` show it; its results hold the bank file itself.
+    The run's config summarises the bank (classes, shots, models, settings, and the label fields
+    its references come from, which predictions then never overwrite) so the App and
+    ``dataset.list_runs()`` show it; its results hold the bank file itself (base64), whose
+    checksum :func:`load_bank` verifies.
+
+    Raises:
+        ValueError: ``key`` is not a valid name, or names another run of the dataset (a bank
+            without ``overwrite``; any other kind of run always).
     """
+    from refseg.field_safety import check_bank_name  # field_safety imports this module
+
     check_bank_name(dataset, key, overwrite=overwrite)
     config = dataset.init_run(
         method=BANK_RUN_METHOD,
@@ -74,6 +63,7 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
         encoder=bank.encoder,
         proposer=bank.proposer,
         settings=bank.settings.to_dict(),
+        reference_fields=reference_fields(bank, dataset.name),
     )
     dataset.register_run(key, config, overwrite=overwrite)
     payload = base64.b64encode(bank.to_bytes()).decode("ascii")
@@ -81,38 +71,62 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
     dataset.save_run_results(key, results, overwrite=True)
 
 
-def check_bank_name(dataset: fo.Dataset, key: str, *, overwrite: bool = False) -> None:
-    """Raises a ValueError unless a bank can be stored as ``key`` (checked before any work)."""
-    if not key.isidentifier():
-        raise ValueError(
-            f"Bank name {key!r} must be a valid Python identifier (letters, digits, _)"
-        )
-    if dataset.has_run(key) and not overwrite:
-        raise ValueError(
-            f"Dataset {dataset.name!r} already has a run named {key!r}; choose another name or "
-            "pass overwrite=True"
-        )
+def reference_fields(bank: MemoryBank, dataset_name: str) -> list[str]:
+    """The label fields of ``dataset_name`` that hold the bank's references, sorted."""
+    return sorted({r.field for r in bank.references if r.field and r.dataset == dataset_name})
 
 
 def load_bank(dataset: fo.Dataset, key: str) -> MemoryBank:
-    """The memory bank stored under ``key`` by :func:`save_bank`."""
-    if not (dataset.has_run(key) and _run_method(dataset, key) == BANK_RUN_METHOD):
+    """The memory bank stored under ``key`` by :func:`save_bank`, verified.
+
+    Raises:
+        ValueError: the dataset has no bank named ``key``.
+        BankFileError: the stored bank is damaged (its run results cannot be read, its payload
+            is not base64, or the bank fails its checksum), or of an unknown format version;
+            the message names the run and says how to rebuild it.
+    """
+    if not (dataset.has_run(key) and run_method(dataset, key) == BANK_RUN_METHOD):
         raise ValueError(
             f"Dataset {dataset.name!r} has no refseg memory bank named {key!r}; "
             f"available: {list_banks(dataset)}"
         )
-    results = dataset.load_run_results(key, cache=False)
-    return MemoryBank.from_bytes(
-        base64.b64decode(results.bank), source=f"run {key!r} of dataset {dataset.name!r}"
+    source = f"memory bank {key!r} stored with dataset {dataset.name!r}"
+    remedy = (
+        f"Rebuild it: refseg.build_memory_bank(view, field, name={key!r}, overwrite=True), or "
+        f"the 'refseg: build memory bank' operator with bank name '{key}' and 'Replace' ticked."
     )
+    payload = _stored_payload(dataset, key, source, remedy)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise BankFileError(
+            f"{source} is damaged: its payload is not base64 ({error}). {remedy}"
+        ) from error
+    return MemoryBank.from_bytes(data, source=source, remedy=remedy)
+
+
+def _stored_payload(dataset: fo.Dataset, key: str, source: str, remedy: str) -> str:
+    """The base64 text a bank run's results hold."""
+    try:
+        results = dataset.load_run_results(key, cache=False)
+    except Exception as error:  # FiftyOne raises many kinds on damaged run results
+        raise BankFileError(
+            f"{source} cannot be read: FiftyOne failed to load its run results "
+            f"({type(error).__name__}: {error}). {remedy}"
+        ) from error
+    payload = getattr(results, "bank", None) if results is not None else None
+    if not isinstance(payload, str):
+        raise BankFileError(f"{source} is damaged: its run results hold no bank. {remedy}")
+    return payload
 
 
 def list_banks(dataset: fo.Dataset) -> list[str]:
     """Names of the memory banks stored with the dataset."""
-    return [key for key in dataset.list_runs() if _run_method(dataset, key) == BANK_RUN_METHOD]
+    return [key for key in dataset.list_runs() if run_method(dataset, key) == BANK_RUN_METHOD]
 
 
-def _run_method(dataset: fo.Dataset, key: str) -> Any:
+def run_method(dataset: fo.Dataset, key: str) -> Any:
+    """The ``method`` of the custom run ``key`` (``BANK_RUN_METHOD`` for a memory bank)."""
     return getattr(dataset.get_run_info(key).config, "method", None)
 
 

@@ -22,7 +22,8 @@ from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
 from refseg.database import database_errors
 from refseg.failures import FailureReport, SampleError, SampleFailure
-from refseg.fiftyone_io import check_label_field, samples_of
+from refseg.field_safety import check_output_field
+from refseg.fiftyone_io import samples_of
 from refseg.locks import RunLock
 from refseg.memory import MemoryBank
 from refseg.models import ModelCache, Models
@@ -158,7 +159,7 @@ def predict(
     )
     with database_errors(f"predicting into field {label_field!r}"), lock:
         target_view._dataset.reload()  # another process may have written the field meanwhile
-        check_label_field(target_view, label_field, overwrite or resume)
+        check_output_field(target_view, label_field, overwrite=overwrite or resume, bank=bank)
         target_view = _samples_to_predict(
             target_view, label_field, overwrite=overwrite, resume=resume
         )

@@ -1,10 +1,23 @@
-"""The memory bank: reference prototypes with their provenance, saved safely and versioned."""
+"""The memory bank: reference prototypes with their provenance, saved safely and versioned.
+
+File format (``to_bytes`` / ``save``): an ``.npz`` archive without pickles holding ``header``
+(UTF-8 JSON: format name, version, class names, reference records, models, settings),
+``prototypes`` ((R, D) little-endian float32), ``labels`` ((R,) little-endian int64) and, from
+format version 2, ``sha256``: the hex SHA-256 of the header bytes followed by the bytes of the two
+arrays, so a damaged, truncated or edited file is refused instead of silently giving other
+scores. Version 2 also records each reference's label field and polarity. Version 1 files (no
+checksum, no field, all references positive) still load.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, field
+import struct
+import zipfile
+import zlib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,7 +27,18 @@ from refseg.config import ReferenceConfig
 from refseg.models.weights import same_weights
 
 FORMAT = "refseg.memory_bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Format versions :meth:`MemoryBank.from_bytes` reads."""
+
+_PROTOTYPE_DTYPE = np.dtype("<f4")
+_LABEL_DTYPE = np.dtype("<i8")
+
+
+class BankFileError(ValueError):
+    """A memory bank file or stored bank cannot be used: not a bank, damaged, truncated,
+    edited after it was written, or of an unknown format version. The message names the file
+    or run, says what is wrong and how to get a good bank back."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +54,12 @@ class ReferenceRecord:
         box: (x, y, w, h) box in original-image pixels.
         mask_source: "label" when the label's mask was used, "box" when the proposer made the
             mask from the box.
+        field: the label field the reference came from ("" when unknown: banks of format
+            version 1). Predictions are never written into this field of this dataset.
+        negative: polarity. False (every reference today) is an example of its class; True
+            marks a "not this class" example, for curation. Negative references are stored and
+            carried through edits, but are not used in scoring yet: class prototypes are made
+            from the positive references only.
     """
 
     dataset: str
@@ -39,6 +69,8 @@ class ReferenceRecord:
     filepath: str
     box: tuple[float, float, float, float]
     mask_source: str = "label"
+    field: str = ""
+    negative: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,9 +113,9 @@ class MemoryBank:
             )
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"MemoryBank: duplicate class names in {list(self.class_names)}")
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        if r and (self.labels.min() < 0 or len(counts) > len(self.class_names)):
+        if r and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError("MemoryBank: a reference's class index is out of range")
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
         missing = [name for name, count in zip(self.class_names, counts) if count == 0]
         if missing:
             raise ValueError(f"MemoryBank: classes without any reference: {missing}")
@@ -101,16 +133,35 @@ class MemoryBank:
         """Feature dimension D."""
         return self.prototypes.shape[1]
 
+    @property
+    def negatives(self) -> np.ndarray:
+        """(R,) bool: which references are negative ("not this class") examples."""
+        return np.array([r.negative for r in self.references], dtype=bool)
+
     def shots(self) -> dict[str, int]:
-        """Number of references of each class."""
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        """Number of positive references of each class (negative ones are not shots)."""
+        positive = self.labels[~self.negatives]
+        counts = np.bincount(positive, minlength=len(self.class_names))
         return dict(zip(self.class_names, counts.tolist()))
 
     def class_prototypes(self) -> np.ndarray:
-        """(C, D) float32 class prototypes: the L2-normalised mean of each class's instances."""
+        """(C, D) float32 class prototypes: the L2-normalised mean of each class's positive
+        instances. Negative references never enter a class prototype.
+
+        Raises:
+            ValueError: a class has only negative references.
+        """
+        positive = ~self.negatives
+        counts = np.bincount(self.labels[positive], minlength=len(self.class_names))
+        without = [name for name, count in zip(self.class_names, counts) if count == 0]
+        if without:
+            raise ValueError(
+                f"Classes {without} have only negative references, so they have no class "
+                "prototype; add positive references of them, or remove their references"
+            )
         sums = np.zeros((len(self.class_names), self.dim), dtype=np.float64)
-        np.add.at(sums, self.labels, self.prototypes.astype(np.float64))
-        means = sums / np.bincount(self.labels, minlength=len(self.class_names))[:, None]
+        np.add.at(sums, self.labels[positive], self.prototypes[positive].astype(np.float64))
+        means = sums / counts[:, None]
         norms = np.linalg.norm(means, axis=1, keepdims=True)
         return (means / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -184,51 +235,84 @@ class MemoryBank:
         )
 
     def to_bytes(self) -> bytes:
-        """The bank as an ``.npz`` archive: arrays plus a JSON header (no pickle)."""
-        header = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "class_names": list(self.class_names),
-            "references": [asdict(r) for r in self.references],
-            "encoder": self.encoder,
-            "proposer": self.proposer,
-            "settings": self.settings.to_dict(),
-        }
+        """The bank as an ``.npz`` archive of the current format version (module docstring)."""
+        header = json.dumps(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "class_names": list(self.class_names),
+                "references": [asdict(r) for r in self.references],
+                "encoder": self.encoder,
+                "proposer": self.proposer,
+                "settings": self.settings.to_dict(),
+            }
+        ).encode("utf-8")
+        prototypes = np.ascontiguousarray(self.prototypes, dtype=_PROTOTYPE_DTYPE)
+        labels = np.ascontiguousarray(self.labels, dtype=_LABEL_DTYPE)
+        checksum = _checksum(header, prototypes, labels)
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
-            header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
-            prototypes=self.prototypes.astype(np.float32),
-            labels=self.labels.astype(np.int64),
+            header=np.frombuffer(header, dtype=np.uint8),
+            prototypes=prototypes,
+            labels=labels,
+            sha256=np.frombuffer(checksum.encode("ascii"), dtype=np.uint8),
         )
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "MemoryBank":
-        """Reads and validates a bank written by :meth:`to_bytes`."""
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", remedy: str = "") -> "MemoryBank":
+        """Reads, verifies and validates a bank written by :meth:`to_bytes` (any readable
+        format version).
+
+        Args:
+            data: the archive's bytes.
+            source: what the bytes are, for messages (a file path, a stored run).
+            remedy: what to do when the bank is refused; default: rebuild it.
+
+        Raises:
+            BankFileError: not a bank, an unreadable or truncated archive, a checksum that does
+                not match (damaged or edited), an unknown format version, or contents that do
+                not make a valid bank. The message names ``source``.
+        """
+        remedy = remedy or _REBUILD
+        header_bytes, arrays = _read_archive(data, source, remedy)
+        header = _parse_header(header_bytes, source, remedy)
+        if header["version"] >= 2:
+            _verify_checksum(header_bytes, arrays, source, remedy)
+        elif "sha256" in arrays:
+            raise BankFileError(
+                f"{source} says format version 1 but carries a checksum: its header was edited. "
+                f"{remedy}"
+            )
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                header = json.loads(archive["header"].tobytes().decode("utf-8"))
-                prototypes, labels = archive["prototypes"], archive["labels"]
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"{source} is not a refseg memory bank: {error}") from error
-        if header.get("format") != FORMAT:
+            return cls._from_parts(header, arrays["prototypes"], arrays["labels"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise BankFileError(
+                f"{source} holds an invalid memory bank ({type(error).__name__}: {error}). {remedy}"
+            ) from error
+
+    @classmethod
+    def _from_parts(
+        cls, header: dict[str, Any], prototypes: np.ndarray, labels: np.ndarray
+    ) -> "MemoryBank":
+        known = {f.name for f in fields(ReferenceRecord)}
+        references = []
+        for record in header["references"]:
+            unknown = set(record) - known
+            if unknown:
+                raise ValueError(f"unknown reference record keys {sorted(unknown)}")
+            references.append(ReferenceRecord(**{**record, "box": tuple(record["box"])}))
+        if prototypes.dtype.kind != "f" or labels.dtype.kind not in "iu":
             raise ValueError(
-                f"{source} is not a refseg memory bank (format {header.get('format')!r})"
+                f"prototypes must be float and labels integer, got {prototypes.dtype} and "
+                f"{labels.dtype}"
             )
-        if header.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{source} has memory bank format version {header.get('version')}; this refseg "
-                f"reads version {FORMAT_VERSION}. Rebuild the bank or upgrade refseg."
-            )
-        references = tuple(
-            ReferenceRecord(**{**r, "box": tuple(r["box"])}) for r in header["references"]
-        )
         return cls(
             class_names=tuple(header["class_names"]),
             prototypes=prototypes.astype(np.float32),
             labels=labels.astype(np.int64),
-            references=references,
+            references=tuple(references),
             encoder=header["encoder"],
             proposer=header["proposer"],
             settings=ReferenceConfig.from_dict(header["settings"]),
@@ -240,5 +324,103 @@ class MemoryBank:
 
     @classmethod
     def load(cls, path: str | Path) -> "MemoryBank":
-        """Reads and validates a bank saved by :meth:`save`."""
-        return cls.from_bytes(Path(path).read_bytes(), source=str(path))
+        """Reads, verifies and validates a bank saved by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file.
+            BankFileError: see :meth:`from_bytes`.
+        """
+        return cls.from_bytes(Path(path).read_bytes(), source=f"memory bank file {str(path)!r}")
+
+
+_REBUILD = (
+    "Rebuild the bank with refseg.build_memory_bank(...) (or the 'refseg: build memory bank' "
+    "operator) and save it again, or restore it from a good copy."
+)
+
+_ARCHIVE_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    RuntimeError,  # zipfile: encrypted members
+    NotImplementedError,  # zipfile: a damaged compression method field
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+)
+
+
+def _checksum(header: bytes, prototypes: np.ndarray, labels: np.ndarray) -> str:
+    """Hex SHA-256 of the header bytes, then the little-endian bytes of both arrays."""
+    sha = hashlib.sha256(header)
+    sha.update(np.ascontiguousarray(prototypes, dtype=_PROTOTYPE_DTYPE).tobytes())
+    sha.update(np.ascontiguousarray(labels, dtype=_LABEL_DTYPE).tobytes())
+    return sha.hexdigest()
+
+
+def _read_archive(data: bytes, source: str, remedy: str) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The header bytes and the arrays of a bank archive, every member fully read (so zip CRC
+    and decompression errors surface here)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except _ARCHIVE_ERRORS as error:
+        raise BankFileError(
+            f"{source} is not a refseg memory bank, or it is damaged or truncated: the archive "
+            f"cannot be read ({type(error).__name__}: {error}). {remedy}"
+        ) from error
+    missing = [name for name in ("header", "prototypes", "labels") if name not in arrays]
+    if missing:
+        raise BankFileError(
+            f"{source} is not a refseg memory bank: it has no {missing} "
+            f"(members: {sorted(arrays)}). {remedy}"
+        )
+    header = arrays.pop("header")
+    if header.dtype != np.uint8 or header.ndim != 1:
+        raise BankFileError(f"{source} is not a refseg memory bank: bad header. {remedy}")
+    return header.tobytes(), arrays
+
+
+def _parse_header(header_bytes: bytes, source: str, remedy: str) -> dict[str, Any]:
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise BankFileError(
+            f"{source} is not a refseg memory bank, or it is damaged: its header is not JSON "
+            f"({error}). {remedy}"
+        ) from error
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise BankFileError(f"{source} is not a refseg memory bank (format {found!r}). {remedy}")
+    version = header.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        hint = "It was written by a newer refseg: upgrade refseg, or r" if newer else "R"
+        raise BankFileError(
+            f"{source} has memory bank format version {version!r}; this refseg reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. {hint}ebuild the bank with "
+            "refseg.build_memory_bank(...) (or the 'refseg: build memory bank' operator)."
+        )
+    return header
+
+
+def _verify_checksum(
+    header_bytes: bytes, arrays: dict[str, np.ndarray], source: str, remedy: str
+) -> None:
+    stored = arrays.get("sha256")
+    if stored is None:
+        raise BankFileError(
+            f"{source} has format version 2 but no checksum: it was edited or damaged. {remedy}"
+        )
+    try:
+        expected = stored.tobytes().decode("ascii")
+        prototypes, labels = arrays["prototypes"], arrays["labels"]
+        actual = _checksum(header_bytes, prototypes, labels)
+    except (UnicodeDecodeError, ValueError, TypeError) as error:
+        raise BankFileError(f"{source} has an unreadable checksum ({error}). {remedy}") from error
+    if actual != expected:
+        raise BankFileError(
+            f"{source} fails its checksum (SHA-256 {actual[:12]}... instead of "
+            f"{expected[:12]}...): the bank was damaged or edited after it was written. {remedy}"
+        )

@@ -68,13 +68,15 @@ class ReferenceLabel(NamedTuple):
     Attributes:
         sample_id: the FiftyOne id of the sample holding the label.
         filepath: the sample's image file.
-        image_size: (width, height) of the image in pixels.
+        image_size: (width, height) of the image in pixels, from the sample's metadata; None
+            when the metadata is missing and the image cannot be read to compute it (reading
+            the image then raises ``refseg.failures.ImageReadError`` with the reason).
         detection: the label; ``bounding_box`` is [x, y, w, h] relative to the image, in [0, 1].
     """
 
     sample_id: str
     filepath: str
-    image_size: tuple[int, int]
+    image_size: tuple[int, int] | None
     detection: fo.Detection
 
 
@@ -160,17 +162,21 @@ def reference_labels(
 
     Yields:
         One ``ReferenceLabel`` per label. Image sizes come from ``metadata``, computed first for
-        samples that lack it.
+        samples that lack it; an image that cannot be read gets no size (None), so the caller
+        that reads it reports or raises the failure.
     """
     _check_detections_field(sample_collection, gt_field)
     view = sample_collection
     if tag is not None:
         view = view.filter_labels(gt_field, F("tags").contains(tag))
-    _ensure_metadata(view)
+    missing = view.exists("metadata.width", False)
+    if len(missing):
+        missing.compute_metadata(skip_failures=True, warn_failures=False, progress=False)
     paths = ["id", "filepath", "metadata.width", "metadata.height", f"{gt_field}.detections"]
     for sample_id, filepath, width, height, detections in zip(*view.values(paths)):
+        size = None if width is None or height is None else (width, height)
         for detection in detections or []:
-            yield ReferenceLabel(sample_id, filepath, (width, height), detection)
+            yield ReferenceLabel(sample_id, filepath, size, detection)
 
 
 def _check_sampling_args(shots: int, seed: int, classes: Sequence[str] | None) -> None:

@@ -358,7 +358,12 @@ def test_boxes_to_masks_in_place_and_into_a_new_field(dataset):
         random_weights=True,
         device="cpu",
     )
-    assert shown(result) == {"num_masks": count, "field": "boxes_masks"}
+    assert shown(result) == {
+        "num_masks": count,
+        "field": "boxes_masks",
+        "num_failures": 0,
+        "failures": "boxes_to_masks: no sample failed",
+    }
     doc = run_queued(
         op("boxes_to_masks")(
             boxes,

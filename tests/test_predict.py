@@ -77,7 +77,7 @@ def test_written_detections_are_consistent(setup):
 
 def test_refuses_to_overwrite_unless_asked(setup):
     dataset, bank, targets = setup
-    with pytest.raises(ValueError, match="'ground_truth' already exists"):
+    with pytest.raises(ValueError, match="'ground_truth' .* holds reference labels"):
         run(targets, bank, "ground_truth")
     dataset.add_sample_field("a_string", fo.StringField)
     with pytest.raises(ValueError, match="not Detections"):

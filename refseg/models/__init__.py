@@ -54,7 +54,9 @@ from refseg.models.selection import (
 )
 from refseg.models.weights import (
     RANDOM_WEIGHTS,
+    CheckpointError,
     CheckpointMismatchError,
+    WeightsCorruptError,
     WeightsNotFoundError,
     file_digest,
     resolve_checkpoint,
@@ -70,6 +72,7 @@ __all__ = [
     "RANDOM_WEIGHTS",
     "SAM2_MODELS",
     "BankModelsMismatchError",
+    "CheckpointError",
     "CheckpointMismatchError",
     "Components",
     "DecoderKind",
@@ -83,6 +86,7 @@ __all__ = [
     "Sam2Embedding",
     "Sam2Proposer",
     "Sam2Spec",
+    "WeightsCorruptError",
     "WeightsNotFoundError",
     "build_encoder",
     "build_proposer",

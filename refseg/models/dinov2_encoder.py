@@ -1,8 +1,10 @@
 """DINOv2 (timm's ViTs) as refseg's :class:`~refseg.components.FeatureEncoder`.
 
-timm builds the architecture and loads Meta's official checkpoint files itself: its DINOv2
-checkpoint filter drops ``mask_token`` and renames the giant model's SwiGLU ``w12`` / ``w3`` to
-``fc1`` / ``fc2``; every other key of Meta's layout already matches timm's modules.
+timm builds the architecture; refseg reads Meta's official checkpoint files itself
+(``torch.load(weights_only=True)``, zip CRCs checked) and converts them with timm's public ViT
+checkpoint filter, which drops ``mask_token`` and renames the giant model's SwiGLU ``w12`` /
+``w3`` to ``fc1`` / ``fc2`` (every other key of Meta's layout already matches timm's modules),
+then loads them strictly: a missing, unexpected or misshapen key is an error naming it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from torch import nn
 
 from refseg.models.preprocess import prepare_images
 from refseg.models.registry import Dinov2Spec
-from refseg.models.weights import CheckpointMismatchError
+from refseg.models.weights import (
+    CheckpointMismatchError,
+    load_checkpoint_file,
+    load_state_dict_strictly,
+)
 
 
 def build_dinov2_model(spec: Dinov2Spec, checkpoint: Path | None) -> nn.Module:
@@ -26,26 +32,31 @@ def build_dinov2_model(spec: Dinov2Spec, checkpoint: Path | None) -> nn.Module:
         checkpoint: a weights file in Meta's layout (or timm's); None keeps timm's random init.
 
     Raises:
+        WeightsCorruptError: the file is truncated, damaged or not a weights file; the message
+            names it and where to download it again.
         CheckpointMismatchError: the file's tensors do not fit the architecture; the message
-            names the file and carries timm's list of missing / unexpected keys.
+            names the file and every missing, unexpected or misshapen key.
     """
     import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
 
-    if checkpoint is None:
-        model = timm.create_model(spec.timm_name, pretrained=False, img_size=spec.input_size)
-        return model.eval()
-    try:
-        model = timm.create_model(
-            spec.timm_name,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(checkpoint)},
-            img_size=spec.input_size,
+    model = timm.create_model(spec.timm_name, pretrained=False, img_size=spec.input_size)
+    if checkpoint is not None:
+        loaded = dict(load_checkpoint_file(checkpoint, spec.url))
+        try:
+            state_dict = checkpoint_filter_fn(loaded, model)
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as error:
+            raise CheckpointMismatchError(
+                f"{checkpoint} cannot be converted to {spec.name}'s layout "
+                f"({type(error).__name__}: {error}); pass Meta's {spec.filename}"
+            ) from error
+        load_state_dict_strictly(
+            model,
+            state_dict,
+            checkpoint,
+            f"Pass the checkpoint file made for {spec.name} ({spec.timm_name}): Meta's "
+            f"{spec.filename}.",
         )
-    except RuntimeError as error:
-        raise CheckpointMismatchError(
-            f"{checkpoint} does not fit {spec.name} ({spec.timm_name}); pass the checkpoint file "
-            f"made for this model name (Meta's {spec.filename}). timm said: {error}"
-        ) from error
     return model.eval()
 
 

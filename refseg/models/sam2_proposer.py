@@ -20,7 +20,11 @@ from torch import nn
 from refseg.models.preprocess import prepare_images
 from refseg.models.registry import Sam2Spec
 from refseg.models.sam2_decoding import DecoderImageState, decode_masks, prepare_decoder_state
-from refseg.models.weights import CheckpointMismatchError
+from refseg.models.weights import (
+    CheckpointMismatchError,
+    load_checkpoint_file,
+    load_state_dict_strictly,
+)
 
 # SAM2's prompt-encoder labels: a positive click, and the two corners of a box.
 _POSITIVE_POINT = 1
@@ -84,18 +88,24 @@ def load_sam2_checkpoint(model: nn.Module, path: Path) -> None:
     """Loads a SAM2 checkpoint file into ``model`` in place (CPU, ``weights_only=True``).
 
     Raises:
-        CheckpointMismatchError: keys are missing or unexpected; the message lists them and
-            names the file.
+        WeightsCorruptError: the file is truncated, damaged or not a weights file; the message
+            names it and where to download it again.
+        CheckpointMismatchError: keys are missing or unexpected, or tensors have other shapes;
+            the message lists them and names the file.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state_dict = sam2_checkpoint_adapter(checkpoint, model)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
+    state_dict = sam2_checkpoint_adapter(load_checkpoint_file(path), model)
+    if not isinstance(state_dict, Mapping):
         raise CheckpointMismatchError(
-            f"{path} does not fit this SAM2 architecture: missing keys {sorted(missing)}, "
-            f"unexpected keys {sorted(unexpected)}. Pass the checkpoint file made for this model "
-            f"name (SAM 2.0 and 2.1 files are not interchangeable)."
+            f"{path} holds a {type(state_dict).__name__} under 'model', not a state dict; pass "
+            "the official SAM2 checkpoint file"
         )
+    load_state_dict_strictly(
+        model,
+        state_dict,
+        path,
+        "Pass the checkpoint file made for this model name (SAM 2.0 and 2.1 files are not "
+        "interchangeable).",
+    )
 
 
 class Sam2Proposer:

@@ -12,10 +12,15 @@ import contextlib
 import hashlib
 import http.client
 import logging
-from collections.abc import Iterator
+import pickle
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from torch.hub import download_url_to_file
 
 logger = logging.getLogger(__name__)
@@ -31,8 +36,23 @@ class WeightsNotFoundError(FileNotFoundError):
     """A model's checkpoint file is neither at the given path, in the zoo dir, nor downloadable."""
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint file's tensors do not fit the model it was loaded into."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used for its model; the message names the file and the fix."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint file's tensors do not fit the model it was loaded into: missing or
+    unexpected keys, or tensors of other shapes (all named in the message)."""
+
+
+class WeightsCorruptError(CheckpointError):
+    """A checkpoint file cannot be read as weights: truncated (a partial download), damaged
+    (a zip CRC that does not match), not a PyTorch file, or holding Python objects other than
+    tensors (refused by ``torch.load(weights_only=True)``). The message says where to download
+    the file again."""
+
+
+_LISTED_KEYS = 20
 
 
 def model_zoo_dir() -> Path:
@@ -132,3 +152,135 @@ def seeded_init() -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(_RANDOM_SEED)
         yield
+
+
+def load_checkpoint_file(path: str | Path, url: str | None = None) -> Mapping[str, Any]:
+    """Reads a checkpoint file safely: CPU, ``weights_only=True``, every zip member's CRC checked.
+
+    Args:
+        path: the file.
+        url: where the file is published, for the error message; default: looked up by file
+            name among the official files of ``refseg.models.registry``.
+
+    Returns:
+        The file's top-level mapping (a state dict, or e.g. ``{"model": state_dict}``).
+
+    Raises:
+        WeightsCorruptError: the file cannot be read as weights (see the class).
+        CheckpointMismatchError: the file holds something other than a mapping.
+    """
+    path = Path(path)
+    _check_zip_members(path, url)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = (
+            "it holds Python objects other than tensors, which refseg does not load "
+            "(torch.load(weights_only=True)); it is not an official weights file"
+            if "Weights only load failed" in str(error)
+            else f"its contents are not a PyTorch checkpoint ({_first_line(error)})"
+        )
+        raise WeightsCorruptError(_corrupt_message(path, reason, url)) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        reason = f"it is truncated or damaged ({type(error).__name__}: {_first_line(error)})"
+        raise WeightsCorruptError(_corrupt_message(path, reason, url)) from error
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointMismatchError(
+            f"{path} holds a {type(checkpoint).__name__}, not a state dict; pass the official "
+            f"weights file. {download_hint(path, url)}"
+        )
+    return checkpoint
+
+
+def load_state_dict_strictly(
+    model: nn.Module, state_dict: Mapping[str, Any], path: str | Path, fix: str
+) -> None:
+    """Loads ``state_dict`` into ``model`` in place, refusing any difference in keys or shapes.
+
+    Args:
+        model: the built architecture.
+        state_dict: tensors in the model's own key layout (already converted).
+        path: the file they came from, for the message.
+        fix: what to do, ending the message (e.g. which file the model name needs).
+
+    Raises:
+        CheckpointMismatchError: naming the file and every missing, unexpected or misshapen
+            key (the first 20 of each kind, and how many more).
+    """
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    misshapen = [
+        f"{key} {_shape(state_dict[key])} instead of {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state_dict and _shape(state_dict[key]) != tuple(expected[key].shape)
+    ]
+    if missing or unexpected or misshapen:
+        problems = "; ".join(
+            f"{kind} {_listed(keys)}"
+            for kind, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("tensors of another shape", misshapen),
+            )
+            if keys
+        )
+        raise CheckpointMismatchError(f"{path} does not fit this model: {problems}. {fix}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def download_hint(path: str | Path, url: str | None = None) -> str:
+    """Where to get the file again: ``url``, or the official URL of a file of that name."""
+    url = url or _official_url(Path(path).name)
+    if url:
+        return f"Delete it and download it again from {url}."
+    return (
+        "Delete it and download the official file again (refseg.models.SAM2_MODELS and "
+        "DINOV2_MODELS list each model's URL)."
+    )
+
+
+def _official_url(filename: str) -> str | None:
+    from refseg.models.registry import DINOV2_MODELS, SAM2_MODELS
+
+    specs = [*SAM2_MODELS.values(), *DINOV2_MODELS.values()]
+    return next((spec.url for spec in specs if spec.filename == filename), None)
+
+
+def _check_zip_members(path: Path, url: str | None) -> None:
+    """Checks the CRC-32 of every member of a zip-format checkpoint (torch's default format),
+    which catches damaged bytes inside tensors that ``torch.load`` would read silently."""
+    if not zipfile.is_zipfile(path):
+        return  # not zip: the legacy format, or a truncated file torch.load reports
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as error:
+        raise WeightsCorruptError(
+            _corrupt_message(path, f"it is damaged ({type(error).__name__}: {error})", url)
+        ) from error
+    if bad is not None:
+        reason = f"its member {bad!r} fails its CRC-32 check: bytes were damaged"
+        raise WeightsCorruptError(_corrupt_message(path, reason, url))
+
+
+def _corrupt_message(path: Path, reason: str, url: str | None) -> str:
+    return (
+        f"The weights file {path} cannot be loaded: {reason}. It is probably an incomplete or "
+        f"damaged download. {download_hint(path, url)}"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LISTED_KEYS])
+    more = f" and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else ""
+    return f"[{shown}{more}]"
