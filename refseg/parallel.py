@@ -244,6 +244,8 @@ def _run_workers(
         return _collect(jobs, processes, events, advance)
     finally:
         _stop(processes)
+        events.close()
+        events.join_thread()
         bar.close()
 
 

@@ -104,6 +104,9 @@ class RunStatus:
             ``refseg.runs.rerun_shards``) or ``cancelled``.
         shards: one :class:`ShardStatus` per shard.
         created: when the run was queued, UTC.
+        settings: what the run was queued with: ``models`` (a ``refseg.Models`` as a dict),
+            ``config`` (a ``PredictConfig`` as a dict) and ``settings`` (batch size, device,
+            decoding workers, write_every, skip_failures).
     """
 
     run_id: str
@@ -430,10 +433,20 @@ def _shard_status(shard: dict, operation: Any, written: set[str], now: datetime)
         operation_state=None if operation is None else operation.run_state,
         worker=f"{execution['host']}:{execution['pid']}" if execution else last.get("worker", ""),
         heartbeat=_aware(execution.get("heartbeat")),
-        error=shard.get("error") or "",
+        error=shard.get("error") or _operation_error(operation),
         failures=tuple(SampleFailure(**f) for f in result.get("failures", [])),
         history=tuple(shard.get("history") or ()),
     )
+
+
+def _operation_error(operation: Any) -> str:
+    """The error FiftyOne recorded for a failed operation (one that failed before the shard's
+    own code ran: a missing plugin, a validation error, a cancel)."""
+    if operation is None or operation.run_state != "failed":
+        return ""
+    result = operation.result
+    error = result.get("error") if isinstance(result, dict) else getattr(result, "error", None)
+    return error or "failed (no error recorded)"
 
 
 def _shard_state(shard: dict, operation: Any, now: datetime) -> str:

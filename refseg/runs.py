@@ -33,6 +33,7 @@ from refseg.fiftyone_io import (
     ensure_detections_field,
     list_banks,
     load_bank,
+    save_bank,
 )
 from refseg.inference import PredictResult, _samples_to_predict, predict
 from refseg.locks import RunLock
@@ -82,8 +83,9 @@ def queue_predict(
 
     Args:
         view: the samples to predict.
-        bank: a memory bank stored with the view's dataset, by name or as the loaded bank
-            (then it is found among the dataset's banks by content): every worker loads it.
+        bank: the name of a memory bank stored with the view's dataset, or a bank (found among
+            the dataset's banks by content; one stored nowhere is stored now, as
+            ``refseg_bank_<run id>``): every worker loads it from the database.
         shards: the number of shard operations (fewer when the view has fewer samples).
         models: None: the bank's models. Checked against the bank now; every worker builds them.
         device: each worker's torch device; None: CUDA when the worker has one, else CPU (give
@@ -93,16 +95,16 @@ def queue_predict(
             once, and ``resume`` leaves out the samples that already have one.
 
     Raises:
-        ValueError: a bank not stored with the dataset, models that do not fit it, or a field
+        ValueError: no stored bank of that name, models that do not fit the bank, or a field
             that cannot be written (as ``refseg.predict``).
         RunLockedError: another run is writing the field, or holds it unfinished.
     """
     dataset = view._dataset
-    bank_name = stored_bank_name(dataset, bank)
+    run_id = run_id or uuid.uuid4().hex
+    bank_name = stored_bank_name(dataset, bank, run_id)
     stored = load_bank(dataset, bank_name)
     models = models or Models.from_bank(stored)
     models.check_bank(stored)
-    run_id = run_id or uuid.uuid4().hex
     lock = RunLock(
         dataset,
         f"field:{label_field}",
@@ -295,11 +297,14 @@ def queue_shard(
     return str(operation.id)
 
 
-def stored_bank_name(dataset: Any, bank: MemoryBank | str) -> str:
+def stored_bank_name(dataset: Any, bank: MemoryBank | str, run_id: str) -> str:
     """The name under which ``bank`` is stored with ``dataset`` (workers load it from there).
 
+    A bank given by value is looked up among the dataset's banks by content; when it is stored
+    under no name, it is stored now as ``refseg_bank_<first 8 characters of the run id>``.
+
     Raises:
-        ValueError: no bank of that name, or a bank object stored under no name.
+        ValueError: a name that is not a bank of the dataset.
     """
     names = list_banks(dataset)
     if isinstance(bank, str):
@@ -313,11 +318,15 @@ def stored_bank_name(dataset: Any, bank: MemoryBank | str) -> str:
     for name in names:
         if bank_digest(load_bank(dataset, name)) == digest:
             return name
-    raise ValueError(
-        f"A delegated run reads its memory bank from the database, and this bank is not stored "
-        f"with dataset {dataset.name!r}. Store it first, refseg.save_bank(dataset, 'my_bank', "
-        "bank) (build_memory_bank(..., name=...) does it), then pass it or its name."
+    name = f"refseg_bank_{run_id[:8]}"
+    save_bank(dataset, name, bank)
+    logger.warning(
+        "The memory bank was not stored with dataset %r; stored it as %r so that the "
+        "delegated workers can load it",
+        dataset.name,
+        name,
     )
+    return name
 
 
 def _insert_record(dataset, run_id, label_field, bank_name, bank, models, parts, **values) -> None:

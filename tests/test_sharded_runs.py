@@ -83,8 +83,9 @@ def dataset(tmp_path_factory, stand_in_models):
     references = refseg.sample_references(ds, "ground_truth", shots=1, seed=0, classes=CLASSES)
     references.tag_samples("reference")
     ds.exclude(references.values("id")).tag_samples("target")
+    encoder = _palette(None, RANDOM_WEIGHTS, None)
     refseg.build_memory_bank(
-        references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=_palette(None, RANDOM_WEIGHTS, None),
+        references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=encoder,
         proposer=ShapeProposer(), name="bank", progress=False,
     )  # fmt: skip
     single = refseg.predict(targets_of(ds), bank_of(ds), "single", config=CONFIG, num_workers=0,
@@ -168,9 +169,10 @@ def test_scale_out_options_that_cannot_work_are_refused(dataset):
         refseg.predict(view, bank, "x", devices=["cpu", "cuda:3"])
     with pytest.raises(ValueError, match="not a torch device"):
         refseg.predict(view, bank, "x", devices=["gpu0"])
-    unsaved = bank.without_references([bank.references[0].label_id])
-    with pytest.raises(ValueError, match="not stored with dataset"):
-        refseg.predict(view, unsaved, "x", shards=2, delegate=True, models=Models(**STAND_INS))
+    from refseg.runs import queue_predict
+
+    with pytest.raises(ValueError, match="no refseg memory bank named 'nope'"):
+        queue_predict(view, "nope", "x", shards=2)
     assert "x" not in dataset.get_field_schema()
     assert collection().count_documents({"label_field": "x"}) == 0
 
@@ -294,12 +296,27 @@ def test_cancel_stops_queued_shards_and_frees_the_field(dataset):
     assert result.num_samples == len(targets_of(dataset))
 
 
+def test_a_bank_stored_nowhere_is_stored_for_the_workers(dataset):
+    bank = bank_of(dataset)
+    unsaved = bank.without_references([bank.references[0].label_id])
+    status = refseg.predict(targets_of(dataset), unsaved, "unsaved", shards=1, delegate=True,
+                            config=CONFIG)  # fmt: skip
+    assert status.bank == f"refseg_bank_{status.run_id[:8]}"
+    assert status.bank in refseg.list_banks(dataset)
+    assert refseg.load_bank(dataset, status.bank).references == unsaved.references
+    again = refseg.predict(targets_of(dataset), unsaved, "unsaved_2", shards=1, delegate=True,
+                           config=CONFIG)  # fmt: skip
+    assert again.bank == status.bank  # found by content
+    for run in (status, again):
+        refseg.cancel_run(dataset, run.run_id)
+
+
 def test_a_shard_refuses_a_bank_rebuilt_after_queueing(dataset):
     from refseg.runs import queue_predict
 
     refseg.save_bank(dataset, "bank_b", bank_of(dataset))
-    status = queue_predict(targets_of(dataset), "bank_b", "rebuilt", shards=1, models=Models(**STAND_INS),
-                           config=CONFIG, num_workers=0)  # fmt: skip
+    status = queue_predict(targets_of(dataset), "bank_b", "rebuilt", shards=1,
+                           models=Models(**STAND_INS), config=CONFIG, num_workers=0)  # fmt: skip
     changed = bank_of(dataset).without_references([bank_of(dataset).references[0].label_id])
     refseg.save_bank(dataset, "bank_b", changed, overwrite=True)
     (outcome,) = execute_shards(dataset)
@@ -329,3 +346,19 @@ def test_predict_operator_queues_shards_and_sharded_runs_follows_them(dataset):
     summary = next(r["params"]["results"] for r in requests if r["operator_uri"] == "show_output")
     assert summary["state"] == "completed" and summary["progress"] == 1.0
     assert f"run {run_id}" in summary["summary"]
+
+
+def test_a_delegated_predict_operation_with_shards_queues_the_shards_when_it_runs(dataset):
+    predict = foo.get_operator("@refseg/refseg/predict")
+    queued = predict(targets_of(dataset), "bank", "planned", shards=3, points_per_side=8,
+                     random_weights=True, delegate=True)  # fmt: skip
+    assert queued.delegated
+    service = DelegatedOperationService()
+    (planner,) = service.execute_queued_operations(
+        operator="@refseg/refseg/predict", dataset_name=dataset.name
+    )
+    assert planner.error is None, planner.error
+    run_id = planner.result["run_id"]
+    assert len(execute_shards(dataset)) == 3
+    assert refseg.run_status(dataset, run_id).state == "completed"
+    assert labels_of(dataset, "planned") == labels_of(dataset, "single")
