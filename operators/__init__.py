@@ -5,14 +5,18 @@ from .build_memory_bank import BuildMemoryBank
 from .evaluate import Evaluate
 from .manage_banks import ManageBanks
 from .predict import Predict
+from .predict_shard import PredictShard
 from .preview import Preview
 from .sample_references import SampleReferences
+from .sharded_runs import ShardedRuns
 
 OPERATORS = (
     SampleReferences,
     BoxesToMasks,
     BuildMemoryBank,
     Predict,
+    PredictShard,
+    ShardedRuns,
     Evaluate,
     ManageBanks,
     Preview,

@@ -34,9 +34,16 @@ DELEGATION = {
 
 
 def operator_config(
-    name: str, label: str, description: str, *, delegation: str, generator: bool = True
+    name: str,
+    label: str,
+    description: str,
+    *,
+    delegation: str,
+    generator: bool = True,
+    unlisted: bool = False,
 ) -> foo.OperatorConfig:
-    """The config every refseg operator uses: dynamic forms, immediate execution allowed."""
+    """The config every refseg operator uses: dynamic forms, immediate execution allowed;
+    ``unlisted`` hides it from the App's operator browser (operators queued by refseg itself)."""
     return foo.OperatorConfig(
         name=name,
         label=label,
@@ -44,6 +51,7 @@ def operator_config(
         dynamic=True,
         allow_immediate_execution=True,
         execute_as_generator=generator,
+        unlisted=unlisted,
         **DELEGATION[delegation],
     )
 

@@ -39,6 +39,7 @@ class Predict(foo.Operator):
         device=None,
         overwrite=False,
         resume=False,
+        shards=None,
         delegate=False,
         delegation_target=None,
     ):
@@ -46,12 +47,15 @@ class Predict(foo.Operator):
         (see ``refseg.predict``). An existing field is refused unless ``overwrite=True``
         (replace) or ``resume=True`` (continue an interrupted run: only samples without a
         value are predicted). None arguments take the ``PredictConfig`` / engine defaults;
-        ``random_weights`` defaults to what the bank was built with.
+        ``random_weights`` defaults to what the bank was built with. ``shards`` > 1 queues
+        the run as that many delegated shard operations for ``fiftyone delegated launch``
+        workers (see ``refseg.runs``); the results then name the run (``refseg.run_status``).
 
         Example::
 
             predict = foo.get_operator("@refseg/refseg/predict")
             predict(dataset.match_tags("unlabeled"), "my_bank", "refseg", delegate=True)
+            predict(dataset, "my_bank", "refseg", shards=8)  # 8 operations, any 8 workers
         """
         existing = "overwrite" if overwrite else "continue" if resume else None
         params = dict(
@@ -65,6 +69,7 @@ class Predict(foo.Operator):
             random_weights=random_weights,
             device=device,
             existing=existing,
+            shards=shards,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -84,6 +89,11 @@ class Predict(foo.Operator):
         if not ctx.results:
             return None
         outputs = types.Object()
+        if ctx.results.get("run_id"):
+            outputs.str("run_id", label="Sharded run")
+            outputs.int("num_shards", label="Shard operations queued")
+            _forms.summary(outputs)
+            return _forms.output_form(outputs, "Shards queued")
         outputs.str("label_field", label="Label field")
         outputs.int("num_samples", label="Samples predicted")
         outputs.int("num_detections", label="Detections written")
@@ -112,6 +122,14 @@ def _inputs(ctx, inputs) -> None:
     if bank is None:
         return
     settings_inputs(inputs)
+    inputs.int(
+        "shards",
+        default=1,
+        min=1,
+        label="Shards",
+        description="Split the run into this many delegated operations, run in parallel by "
+        "`fiftyone delegated launch` workers (one per GPU or machine); 1: one run",
+    )
     _forms.delegation_notice(ctx, inputs)
 
 
@@ -206,6 +224,9 @@ def _predict(ctx, progress) -> dict:
     key, field = ctx.params["bank"], ctx.params["label_field"]
     view = ctx.target_view()
     existing = ctx.params.get("existing")
+    shards = int(_forms.param(ctx, "shards", 1))
+    if shards > 1:
+        return _queue_shards(ctx, progress, view, key, field, existing, shards)
     todo = len(view.exists(field, False)) if existing == "continue" else len(view)
     bank = refseg.load_bank(ctx.dataset, key)
     progress(0.0, f"Loading models; {todo} samples to predict")
@@ -232,6 +253,42 @@ def _predict(ctx, progress) -> dict:
         "num_detections": result.num_detections,
         "num_skipped": len(result.failures),
         "skipped": result.failures.summary(limit=20) if result.failures else "",
+    }
+
+
+def _queue_shards(ctx, progress, view, key, field, existing, shards) -> dict:
+    """Queues the run as ``shards`` delegated operations (``refseg.runs``); returns at once."""
+    import refseg
+    from refseg.runs import queue_predict
+
+    progress(0.0, f"Queueing {shards} shard operations")
+    bank = refseg.load_bank(ctx.dataset, key)
+    status = queue_predict(
+        view,
+        key,
+        field,
+        shards=shards,
+        models=_forms.models_of(ctx, bank),
+        config=predict_config(ctx),
+        batch_size=int(
+            _forms.param(ctx, "batch_size", _forms.engine_default(refseg.predict, "batch_size"))
+        ),
+        device=_forms.device_of(ctx),
+        write_every=WRITE_EVERY,
+        overwrite=existing == "overwrite",
+        resume=existing == "continue",
+        delegation_target=ctx.delegation_target,
+    )
+    how = (
+        "\n\nStart one `fiftyone delegated launch` worker per GPU or machine (same database "
+        "and plugins); follow the run with `refseg.run_status(dataset, run_id)` or the "
+        "'refseg: sharded runs' operator."
+    )
+    return {
+        "label_field": field,
+        "run_id": status.run_id,
+        "num_shards": len(status.shards),
+        "summary": f"```\n{status.summary()}\n```{how}",
     }
 
 

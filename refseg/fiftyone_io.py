@@ -146,3 +146,10 @@ def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def ensure_detections_field(dataset: fo.Dataset, field: str) -> None:
+    """Declares ``field`` as a Detections field unless it exists, so that the processes of a
+    sharded run write into it without racing to create it."""
+    if field not in dataset.get_field_schema():
+        dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)

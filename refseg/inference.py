@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import fiftyone as fo
 import torch
@@ -23,14 +23,19 @@ from refseg.config import PredictConfig
 from refseg.database import database_errors
 from refseg.failures import FailureReport, SampleError, SampleFailure
 from refseg.field_safety import check_output_field
-from refseg.fiftyone_io import samples_of
+from refseg.fiftyone_io import ensure_detections_field, samples_of
 from refseg.locks import RunLock
 from refseg.memory import MemoryBank
 from refseg.models import ModelCache, Models
+from refseg.parallel import Devices, predict_on_devices, resolve_devices
+from refseg.run_record import check_field_free
 from refseg.segmenter import Segmenter
 from refseg.stream import segment_stream
 from refseg.timing import NoTimer, StageTimer
 from refseg.writer import LabelWriter
+
+if TYPE_CHECKING:
+    from refseg.run_record import RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +91,11 @@ def predict(
     pretrained: bool | None = None,
     proposer: MaskProposer | None = None,
     encoder: FeatureEncoder | None = None,
-) -> PredictResult:
+    devices: Devices | None = None,
+    shards: int = 1,
+    delegate: bool = False,
+    delegation_target: str | None = None,
+) -> PredictResult | RunStatus:
     """Segments every image of a view with a memory bank and stores the detections.
 
     Each sample gets a ``fo.Detections`` in ``label_field`` (empty when nothing is found):
@@ -123,10 +132,21 @@ def predict(
         sam2, sam2_checkpoint, dinov2_checkpoint, pretrained: keyword shortcuts over
             ``models`` (see ``Models.of``); ``pretrained=None`` keeps the bank's weights.
         proposer, encoder: ready components instead of building them (tests, custom models).
-            The encoder must be the one that built the bank.
+            The encoder must be the one that built the bank. Not with ``devices`` or
+            ``delegate``: objects of this process cannot cross to other processes.
+        devices: every device of this machine: ``"all"`` (every CUDA device) or a list such
+            as ``["cuda:0", "cuda:1"]`` (``["cpu", "cpu"]`` works too): one worker process per
+            device over its shard of the samples, one progress bar, failures merged
+            (``refseg.parallel``); ``num_workers`` is then per worker, ``device`` unset.
+        shards, delegate: ``delegate=True`` queues the run as ``shards`` delegated operations
+            for ``fiftyone delegated launch`` workers on any number of machines and returns at
+            once (``refseg.runs``); ``bank`` must be stored with the dataset.
+        delegation_target: FiftyOne's delegation target of those operations.
 
     Returns:
-        A :class:`PredictResult` (fields written, detections, the failure report).
+        A :class:`PredictResult` (fields written, detections, the failure report); with
+        ``delegate=True`` the queued run's :class:`refseg.run_record.RunStatus` (see
+        ``refseg.run_status``, ``refseg.rerun_shards``).
 
     Raises:
         ValueError: an empty view, an existing field without ``overwrite``, or models that do
@@ -138,6 +158,7 @@ def predict(
     """
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
+    _check_scaling(devices, device, shards, delegate, proposer, encoder)
     if points_per_side is not None:
         config = dataclasses.replace(config, points_per_side=points_per_side)
     if proposer is None or encoder is None:
@@ -150,6 +171,17 @@ def predict(
         )
         if encoder is None:
             models.check_bank(bank)
+    if delegate:
+        from refseg.runs import queue_predict
+
+        return queue_predict(
+            target_view, bank, label_field, shards=shards, models=models, config=config,
+            batch_size=batch_size, device=None if device is None else str(device),
+            num_workers=num_workers, write_every=write_every, overwrite=overwrite,
+            resume=resume, skip_failures=skip_failures, run_id=run_id, force=force,
+            delegation_target=delegation_target,
+        )  # fmt: skip
+    worker_devices = None if devices is None else resolve_devices(devices)
     lock = RunLock(
         target_view._dataset,
         f"field:{label_field}",
@@ -159,12 +191,24 @@ def predict(
     )
     with database_errors(f"predicting into field {label_field!r}"), lock:
         target_view._dataset.reload()  # another process may have written the field meanwhile
+        check_field_free(target_view._dataset, label_field, lock.run_id)
         check_output_field(target_view, label_field, overwrite=overwrite or resume, bank=bank)
         target_view = _samples_to_predict(
             target_view, label_field, overwrite=overwrite, resume=resume
         )
         if len(target_view) == 0:
             return PredictResult(label_field, 0, 0, FailureReport("predict"))
+        if worker_devices is not None:
+            ensure_detections_field(target_view._dataset, label_field)
+            num_samples, num_detections, report = predict_on_devices(
+                target_view, bank, label_field, devices=worker_devices, models=models,
+                config=config, run_id=lock.run_id, batch_size=batch_size,
+                num_workers=num_workers, write_every=write_every, skip_failures=skip_failures,
+                progress=progress,
+            )  # fmt: skip
+            if report:
+                logger.warning("%s", report.summary())
+            return PredictResult(label_field, num_samples, num_detections, report)
         cache = cache or ModelCache()
         if encoder is None:
             encoder = models.build_component(
@@ -182,6 +226,35 @@ def predict(
             write_every=write_every,
             skip_failures=skip_failures,
             progress=progress,
+        )
+
+
+def _check_scaling(devices, device, shards, delegate, proposer, encoder) -> None:
+    """Refuses combinations of the scale-out options that cannot work, before any work."""
+    if (devices is not None or delegate) and (proposer is not None or encoder is not None):
+        raise ValueError(
+            "proposer= and encoder= are model objects of this process; they cannot be sent to "
+            "worker processes (devices=) or delegated operations (delegate=True). Name the "
+            "models instead, models=refseg.Models(...) (registered names and weights), which "
+            "every worker builds for itself; or run in this process without devices/delegate."
+        )
+    if devices is not None and device is not None:
+        raise ValueError(
+            f"device={str(device)!r} and devices={devices!r} both given: devices= names the "
+            "device of every worker process; leave device unset"
+        )
+    if devices is not None and delegate:
+        raise ValueError(
+            "devices= runs worker processes on this machine, delegate=True queues shards for "
+            "`fiftyone delegated launch` workers: choose one (a delegated worker uses device=, "
+            "by default its CUDA device; give each worker a GPU with CUDA_VISIBLE_DEVICES)"
+        )
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
+    if shards != 1 and not delegate:
+        raise ValueError(
+            f"shards={shards} splits a delegated run: pass delegate=True as well (workers: "
+            "`fiftyone delegated launch`); to use the devices of this machine pass devices=[...]"
         )
 
 

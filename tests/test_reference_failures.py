@@ -13,7 +13,7 @@ import refseg
 from refseg.box_masks import iter_box_masks
 from refseg.config import PredictConfig
 from refseg.failures import FailureReport, SampleError
-from refseg.synthetic import make_shapes_dataset, render, random_shapes, to_detection
+from refseg.synthetic import make_shapes_dataset, random_shapes, render, to_detection
 
 
 def _broken_files(directory, good_png) -> dict[str, str]:

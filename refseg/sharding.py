@@ -1,0 +1,42 @@
+"""Splitting a run's samples into shards: disjoint, balanced by count, deterministic.
+
+Both ways of scaling out use it: worker processes on the devices of one machine
+(``refseg.parallel``) and delegated operations on many machines (``refseg.runs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def split_even(ids: Sequence[str], shards: int) -> list[list[str]]:
+    """Splits sample ids into consecutive, disjoint parts whose sizes differ by at most one.
+
+    The parts keep the order of ``ids`` (neighbouring samples stay together, which keeps each
+    shard's database reads local) and are never empty: with fewer ids than ``shards`` there
+    are ``len(ids)`` parts of one id.
+
+    Args:
+        ids: the samples of the run, each once.
+        shards: how many parts are wanted (>= 1).
+
+    Returns:
+        ``min(shards, len(ids))`` lists of ids; their concatenation is ``list(ids)``.
+
+    Raises:
+        ValueError: ``shards`` < 1, or an id appears twice.
+    """
+    if shards < 1:
+        raise ValueError(f"the number of shards must be >= 1, got {shards}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids must be unique to be split into shards")
+    count = min(shards, len(ids))
+    if count == 0:
+        return []
+    base, extra = divmod(len(ids), count)
+    parts, start = [], 0
+    for index in range(count):
+        size = base + (1 if index < extra else 0)
+        parts.append(list(ids[start : start + size]))
+        start += size
+    return parts
