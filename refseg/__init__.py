@@ -29,7 +29,7 @@ from typing import Any
 # modules (segmenter, models, matching...) load without FiftyOne where no database exists,
 # e.g. on a GPU machine running benchmarks/benchmark_engine.py.
 _EXPORTS = {
-    "AcceptResult": "refseg.accept",
+    "AcceptResult": "refseg.acceptance",
     "ClassThreshold": "refseg.thresholds",
     "DEFAULT": "refseg.presets",
     "DEFAULT_TAG": "refseg.sampling",
@@ -58,9 +58,9 @@ _EXPORTS = {
     "SampleError": "refseg.failures",
     "SampleFailure": "refseg.failures",
     "Segmenter": "refseg.segmenter",
-    "SkippedPrediction": "refseg.accept",
+    "SkippedPrediction": "refseg.acceptance",
     "ThresholdTable": "refseg.thresholds",
-    "accept": "refseg.accept",
+    "accept": "refseg.acceptance",
     "add_references": "refseg.corrections",
     "as_model": "refseg.fiftyone_model",
     "build_memory_bank": "refseg.bank_builder",
@@ -76,7 +76,7 @@ _EXPORTS = {
     "segment_stream": "refseg.stream",
     "suggest_thresholds": "refseg.thresholds",
     "threshold_view": "refseg.thresholds",
-    "undo_accept": "refseg.accept",
+    "undo_accept": "refseg.acceptance",
 }
 
 __all__ = [

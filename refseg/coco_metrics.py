@@ -313,7 +313,9 @@ def match_results(
     for image in coco_eval.evalImgs:
         if image is None:
             continue
-        counts[name_of[image["category_id"]]] += int(np.count_nonzero(np.asarray(image["gtIgnore"]) == 0))
+        counts[name_of[image["category_id"]]] += int(
+            np.count_nonzero(np.asarray(image["gtIgnore"]) == 0)
+        )
         for k, result_id in enumerate(image["dtIds"]):
             # loadRes numbers the results 1..N in the order given
             if image["dtIgnore"][0, k]:
