@@ -1,5 +1,8 @@
 """The refseg operators, one module each; ``OPERATORS`` is what ``register`` registers."""
 
+from .accept_predictions import AcceptPredictions, UndoAccept
+from .add_references import AddReferences
+from .apply_thresholds import ApplyThresholds
 from .boxes_to_masks import BoxesToMasks
 from .build_memory_bank import BuildMemoryBank
 from .evaluate import Evaluate
@@ -7,6 +10,7 @@ from .manage_banks import ManageBanks
 from .predict import Predict
 from .preview import Preview
 from .sample_references import SampleReferences
+from .suggest_thresholds import SuggestThresholds
 
 OPERATORS = (
     SampleReferences,
@@ -16,4 +20,9 @@ OPERATORS = (
     Evaluate,
     ManageBanks,
     Preview,
+    AddReferences,
+    SuggestThresholds,
+    ApplyThresholds,
+    AcceptPredictions,
+    UndoAccept,
 )

@@ -194,6 +194,20 @@ def undo_accept(
     return removed
 
 
+def list_accepts(dataset: fo.Dataset) -> dict[str, dict[str, int]]:
+    """The accepts whose labels are still in the dataset: ``{accept_id: {field: number of
+    labels}}``, oldest first (accept ids start with their UTC time)."""
+    dataset = dataset._dataset
+    found: dict[str, dict[str, int]] = {}
+    for field in sorted(dataset.get_field_schema(embedded_doc_type=fo.Detections)):
+        view = dataset.filter_labels(field, F(ACCEPT_ID).exists())
+        for detections in view.values(field):
+            for det in detections.detections if detections is not None else []:
+                batch = found.setdefault(det[ACCEPT_ID], {})
+                batch[field] = batch.get(field, 0) + 1
+    return dict(sorted(found.items()))
+
+
 def _check_fields(view: SampleCollection, pred_field: str, gt_field: str) -> None:
     check_detections_field(view, pred_field)
     if gt_field == pred_field:

@@ -5,8 +5,9 @@ Each image has a noisy grey background and a few non-overlapping shapes. Three c
 images (images with none of the three classes). On request, positive images also hold
 confusers: "orange_square", a square of a hue close to red that is no class and is not in the
 ground truth (a look-alike, for negative references). Ground truth is a ``fo.Detections``
-field with masks cropped to their boxes. Drawing needs only numpy and PIL; FiftyOne is imported by the two
-functions that make its objects, so engine benchmarks can draw images where it is not installed.
+field with masks cropped to their boxes. Drawing needs only numpy and PIL; FiftyOne is
+imported by the two functions that make its objects, so engine benchmarks can draw images
+where it is not installed.
 """
 
 from __future__ import annotations
