@@ -13,6 +13,7 @@ from pathlib import Path
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
+from fiftyone import ViewField as F
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
 from stand_ins import PaletteEncoder, ShapeProposer
@@ -236,3 +237,24 @@ def test_accept_above_thresholds_selected_delegated_and_undo(dataset):
     undo(dataset, out["accept_id"])
     assert dataset.count("accepted.detections") == 0
     reject(lambda: undo(dataset, out["accept_id"]), "No accepted labels")
+
+
+def test_predict_and_preview_apply_the_bank_thresholds_when_asked(dataset):
+    bank = refseg.load_bank(dataset, "bank")
+    thresholds = {c: 0.9 for c in CLASSES}
+    refseg.save_bank(dataset, "strict", bank.with_thresholds(thresholds), overwrite=True)
+    targets = dataset.match_labels(tags=refseg.DEFAULT_TAG, bool=False).limit(2)
+    settings = dict(points_per_side=12, max_detections=20)
+    shown(op("predict")(targets, "strict", "strict_pred", use_bank_thresholds=True, **settings))
+    shown(op("predict")(targets, "strict", "loose_pred", **settings))
+    strict = targets.values("strict_pred.detections.confidence", unwind=True)
+    loose = targets.values("loose_pred.detections.confidence", unwind=True)
+    assert strict and min(strict) > 0.9 and min(loose) <= 0.9
+    sample_id = targets.match(F("strict_pred.detections").length() > 0).first().id
+    shown(op("preview")(dataset, "strict", [sample_id], use_bank_thresholds=True, **settings))
+    previewed = dataset.select(sample_id).values(
+        "refseg_preview.detections.confidence", unwind=True
+    )
+    expected = dataset.select(sample_id).values("strict_pred.detections.confidence", unwind=True)
+    assert previewed == expected and min(previewed) > 0.9
+    dataset.delete_run("strict")
