@@ -136,9 +136,9 @@ def accept(
         existing = _existing(dataset, gt_field, list(chosen))
         for sample_id, (size, predictions) in chosen.items():
             labels = list(existing[sample_id])
-            new = []
+            new, masks = [], _MaskCache(size)
             for det in sorted(predictions, key=_score, reverse=True):
-                reason = _duplicate(det, labels, pred_field, size, iou, skip_overlapping)
+                reason = _duplicate(det, labels, pred_field, masks, iou, skip_overlapping)
                 if reason:
                     skipped.append(SkippedPrediction(sample_id, det.id, det.label, reason))
                     continue
@@ -258,7 +258,20 @@ def _existing(dataset: fo.Dataset, gt_field: str, sample_ids: list[str]) -> dict
     return {i: list(v.detections) if v is not None else [] for i, v in zip(ids, values)}
 
 
-def _duplicate(det, labels, pred_field, size, iou, skip_overlapping) -> str | None:
+class _MaskCache:
+    """Full-image RLEs of one image's labels, each made once."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.width, self.height = size
+        self._rles: dict[str, dict] = {}
+
+    def __call__(self, label: fo.Detection) -> dict:
+        if label.id not in self._rles:
+            self._rles[label.id] = full_image_rle(label, self.width, self.height)
+        return self._rles[label.id]
+
+
+def _duplicate(det, labels, pred_field, masks: _MaskCache, iou, skip_overlapping) -> str | None:
     """Why ``det`` would duplicate one of ``labels``, or None."""
     for label in labels:
         source = (
@@ -272,12 +285,7 @@ def _duplicate(det, labels, pred_field, size, iou, skip_overlapping) -> str | No
     same = [label for label in labels if label.label == det.label]
     if not same:
         return None
-    width, height = size
-    ious = mask_utils.iou(
-        [full_image_rle(det, width, height)],
-        [full_image_rle(label, width, height) for label in same],
-        [0] * len(same),
-    )[0]
+    ious = mask_utils.iou([masks(det)], [masks(label) for label in same], [0] * len(same))[0]
     best = int(ious.argmax())
     if ious[best] >= iou:
         return f"overlaps {same[best].label} label {same[best].id} (mask IoU {ious[best]:.2f})"
