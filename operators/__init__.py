@@ -1,5 +1,8 @@
 """The refseg operators, one module each; ``OPERATORS`` is what ``register`` registers."""
 
+from .accept_predictions import AcceptPredictions, UndoAccept
+from .add_references import AddReferences
+from .apply_thresholds import ApplyThresholds
 from .boxes_to_masks import BoxesToMasks
 from .build_memory_bank import BuildMemoryBank
 from .evaluate import Evaluate
@@ -9,6 +12,7 @@ from .predict_shard import PredictShard
 from .preview import Preview
 from .sample_references import SampleReferences
 from .sharded_runs import ShardedRuns
+from .suggest_thresholds import SuggestThresholds
 
 OPERATORS = (
     SampleReferences,
@@ -20,4 +24,9 @@ OPERATORS = (
     Evaluate,
     ManageBanks,
     Preview,
+    AddReferences,
+    SuggestThresholds,
+    ApplyThresholds,
+    AcceptPredictions,
+    UndoAccept,
 )

@@ -165,16 +165,20 @@ def tag_input(
     return tag
 
 
-def reference_inputs(ctx, inputs: types.Object, view, gt_field: str):
+def reference_inputs(ctx, inputs: types.Object, view, gt_field: str, default_tag=None):
     """Which labels are references: the tagged ones (default when there are some) or every
     label of the chosen samples / labels. Shows their count, refuses none.
+
+    Args:
+        default_tag: the tag offered; default ``refseg.DEFAULT_TAG``.
 
     Returns:
         The view holding only the reference labels, or None.
     """
     import refseg
 
-    tagged_count = view.count_label_tags(label_fields=gt_field).get(refseg.DEFAULT_TAG, 0)
+    default_tag = default_tag or refseg.DEFAULT_TAG
+    tagged_count = view.count_label_tags(label_fields=gt_field).get(default_tag, 0)
     choices = types.RadioGroup()
     choices.add_choice(
         "tagged", label="Tagged references", description="Labels carrying the reference tag"
@@ -188,7 +192,7 @@ def reference_inputs(ctx, inputs: types.Object, view, gt_field: str):
     inputs.enum("source", choices.values(), default=default, label="References", view=choices)
     tag = None
     if param(ctx, "source", default) == "tagged":
-        tag = tag_input(ctx, inputs, default=refseg.DEFAULT_TAG)
+        tag = tag_input(ctx, inputs, default=default_tag)
         if tag is None:
             return None
         view = view.filter_labels(gt_field, has_tag(tag))
@@ -211,13 +215,14 @@ def reference_inputs(ctx, inputs: types.Object, view, gt_field: str):
     return view
 
 
-def reference_tag(ctx) -> str | None:
-    """The tag that marks the references at execution; None for every label."""
+def reference_tag(ctx, default_tag=None) -> str | None:
+    """The tag that marks the references at execution (default ``default_tag``, else
+    ``refseg.DEFAULT_TAG``); None for every label."""
     import refseg
 
     if param(ctx, "source", "tagged") != "tagged":
         return None
-    return param(ctx, "tag", refseg.DEFAULT_TAG)
+    return param(ctx, "tag", default_tag or refseg.DEFAULT_TAG)
 
 
 def bank_choice(ctx, inputs: types.Object, name: str = "bank") -> str | None:

@@ -239,10 +239,14 @@ def _build(ctx, progress) -> dict:
 
 
 def bank_summary(bank) -> str:
-    """Markdown: the bank's classes with their shots, and its models."""
-    rows = "\n".join(f"| {name} | {count} |" for name, count in bank.shots().items())
+    """Markdown: the bank's classes with their positive (shots) and negative references and
+    their stored score threshold, and its models."""
+    rows = "\n".join(
+        f"| {name} | {count['positive']} | {count['negative']} | {bank.thresholds.get(name, '-')} |"
+        for name, count in bank.counts().items()
+    )
     return (
-        f"| class | shots |\n|---|---|\n{rows}\n\n"
+        f"| class | shots | negatives | threshold |\n|---|---|---|---|\n{rows}\n\n"
         f"Encoder: `{bank.encoder.get('name')}` ({bank.encoder.get('weights')}); "
         f"SAM2: `{bank.proposer.get('name')}`; settings: `{bank.settings.to_dict()}`"
     )

@@ -1,4 +1,5 @@
-"""Operator: inspect, delete, or add / remove references of the stored memory banks."""
+"""Operator: inspect, delete, or add / remove references (positive or negative) of the stored
+memory banks."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import fiftyone.operators.types as types
 from . import _common, _forms
 
 ACTIONS = {
-    "inspect": "Inspect: classes, shots, models and references",
-    "add": "Add references (encoded with the bank's models)",
+    "inspect": "Inspect: classes, shots, negatives, thresholds, models and references",
+    "add": "Add references, positive or negative (encoded with the bank's models)",
     "remove": "Remove references",
     "delete": "Delete the bank",
 }
@@ -36,6 +37,7 @@ class ManageBanks(foo.Operator):
         gt_field=None,
         tag=None,
         all_labels=False,
+        negative=False,
         label_ids=None,
         random_weights=None,
         device=None,
@@ -44,10 +46,13 @@ class ManageBanks(foo.Operator):
     ):
         """Runs ``action`` on the stored memory bank ``bank``.
 
-        ``"inspect"`` returns its summary and references; ``"delete"`` deletes it; ``"add"``
-        encodes the reference labels of ``gt_field`` in ``sample_collection`` (tagged ``tag``,
-        or all with ``all_labels=True``) with the bank's models and adds them; ``"remove"``
-        removes the references whose label ids are ``label_ids``.
+        ``"inspect"`` returns its summary (positive and negative references and threshold per
+        class) and references; ``"delete"`` deletes it; ``"add"`` encodes the labels of
+        ``gt_field`` in ``sample_collection`` (tagged ``tag``, or all with
+        ``all_labels=True``) with the bank's models and adds them, as negative references
+        ("not <their class>") with ``negative=True``; ``"remove"`` removes the references
+        whose label ids are ``label_ids``. For the App's selected labels, see the
+        ``add_references`` operator.
 
         Example::
 
@@ -60,6 +65,7 @@ class ManageBanks(foo.Operator):
             gt_field=gt_field,
             tag=tag,
             source="all" if all_labels else "tagged",
+            negative=negative,
             label_ids=label_ids,
             random_weights=random_weights,
             device=device,
@@ -126,7 +132,27 @@ def _add_inputs(ctx, inputs, key) -> None:
         return
     if _forms.bank_models(ctx, inputs, key) is None:
         return
-    _forms.reference_inputs(ctx, inputs, view, gt_field)
+    polarity_input(inputs)
+    _forms.reference_inputs(ctx, inputs, view, gt_field, default_tag=_tag_default(ctx))
+
+
+def _tag_default(ctx) -> str:
+    """The tag offered: the negative tag when adding negatives, else the reference tag."""
+    import refseg
+
+    return refseg.NEGATIVE_TAG if ctx.params.get("negative") else refseg.DEFAULT_TAG
+
+
+def polarity_input(inputs) -> None:
+    """Whether added labels are positive references or negative ones ("not <class>")."""
+    inputs.bool(
+        "negative",
+        default=False,
+        label="As negative references",
+        description="Examples of what their class is not (e.g. false positives): predictions "
+        "that look more like them than like the class score lower",
+        view=types.CheckboxView(),
+    )
 
 
 def _remove_inputs(ctx, inputs, key) -> None:
@@ -178,7 +204,11 @@ def _run(ctx, progress) -> dict:
         bank = bank.without_references(ctx.params["label_ids"])
     if action != "inspect":
         refseg.save_bank(ctx.dataset, key, bank, overwrite=True)
-    message = f"'{key}': {len(bank.references)} references of {len(bank.class_names)} classes"
+    negatives = int(bank.negatives.sum())
+    message = (
+        f"'{key}': {len(bank.references) - negatives} positive and {negatives} negative "
+        f"references of {len(bank.class_names)} classes"
+    )
     return {"message": message, "summary": _describe(ctx.dataset.name, bank)}
 
 
@@ -194,7 +224,8 @@ def _add(ctx, bank, progress):
     new = refseg.build_memory_bank(
         view,
         gt_field,
-        tag=_forms.reference_tag(ctx),
+        tag=_forms.reference_tag(ctx, _tag_default(ctx)),
+        negative=bool(ctx.params.get("negative", False)),
         models=_forms.models_of(ctx, bank),
         device=_forms.device_of(ctx),
         config=bank.settings,
@@ -211,10 +242,12 @@ def _describe(dataset_name: str, bank) -> str:
 
     url = f"/datasets/{quote(dataset_name)}"
     rows = "\n".join(
-        f"| {r.label} | [{r.filepath.rsplit('/', 1)[-1]}]({url}?id={r.sample_id}) | "
-        f"{r.label_id} | {r.mask_source} |"
+        f"| {r.label} | {'negative' if r.negative else 'positive'} | "
+        f"[{r.filepath.rsplit('/', 1)[-1]}]({url}?id={r.sample_id}) | {r.field} | "
+        f"{r.label_id} | {r.mask_source} | {'-' if r.score is None else f'{r.score:.3f}'} |"
         for r in bank.references
     )
     return (
-        f"{bank_summary(bank)}\n\n| class | sample | label id | mask |\n|---|---|---|---|\n{rows}"
+        f"{bank_summary(bank)}\n\n| class | polarity | sample | field | label id | mask | score |"
+        f"\n|---|---|---|---|---|---|---|\n{rows}"
     )

@@ -10,7 +10,7 @@ from . import _common, _forms
 WRITE_EVERY = 8
 """Samples per database write: what an interrupted run can lose and re-does on 'continue'."""
 
-TUNABLE = ("points_per_side", "score_threshold", "max_detections")
+TUNABLE = ("points_per_side", "score_threshold", "max_detections", "use_bank_thresholds")
 """The ``PredictConfig`` fields the form offers; the others keep their defaults."""
 
 
@@ -33,6 +33,7 @@ class Predict(foo.Operator):
         points_per_side=None,
         score_threshold=None,
         max_detections=None,
+        use_bank_thresholds=None,
         batch_size=None,
         sam2=None,
         random_weights=None,
@@ -47,9 +48,11 @@ class Predict(foo.Operator):
         (see ``refseg.predict``). An existing field is refused unless ``overwrite=True``
         (replace) or ``resume=True`` (continue an interrupted run: only samples without a
         value are predicted). None arguments take the ``PredictConfig`` / engine defaults;
-        ``random_weights`` defaults to what the bank was built with. ``shards`` > 1 queues
-        the run as that many delegated shard operations for ``fiftyone delegated launch``
-        workers (see ``refseg.runs``); the results then name the run (``refseg.run_status``).
+        ``random_weights`` defaults to what the bank was built with. The bank's negative
+        references are always used; ``use_bank_thresholds=True`` also applies its per-class
+        score thresholds. ``shards`` > 1 queues the run as that many delegated shard
+        operations for ``fiftyone delegated launch`` workers (see ``refseg.runs``); the
+        results then name the run (``refseg.run_status``).
 
         Example::
 
@@ -64,6 +67,7 @@ class Predict(foo.Operator):
             points_per_side=points_per_side,
             score_threshold=score_threshold,
             max_detections=max_detections,
+            use_bank_thresholds=use_bank_thresholds,
             batch_size=batch_size,
             sam2=sam2,
             random_weights=random_weights,
@@ -161,6 +165,14 @@ def settings_inputs(inputs) -> None:
         min=1,
         label="Max detections",
         description="The most detections kept per image",
+    )
+    inputs.bool(
+        "use_bank_thresholds",
+        default=defaults.use_bank_thresholds,
+        label="Use the bank's thresholds",
+        description="Also drop detections at or below their class's threshold stored with the "
+        "bank ('suggest thresholds' stores them)",
+        view=types.CheckboxView(),
     )
     inputs.int(
         "batch_size",

@@ -35,12 +35,14 @@ class Preview(foo.Operator):
         points_per_side=None,
         score_threshold=None,
         max_detections=None,
+        use_bank_thresholds=None,
         sam2=None,
         random_weights=None,
         device=None,
     ):
         """Runs ``bank`` on the samples ``sample_ids`` (at most ``MAX_SAMPLES``), replacing
-        ``label_field`` on them. Always immediate.
+        ``label_field`` on them. Always immediate. ``use_bank_thresholds=True`` applies the
+        bank's per-class score thresholds.
 
         Example::
 
@@ -53,6 +55,7 @@ class Preview(foo.Operator):
             points_per_side=points_per_side,
             score_threshold=score_threshold,
             max_detections=max_detections,
+            use_bank_thresholds=use_bank_thresholds,
             sam2=sam2,
             random_weights=random_weights,
             device=device,

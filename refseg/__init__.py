@@ -10,6 +10,14 @@ Typical use::
     refs = refseg.sample_references(dataset, "ground_truth", shots=5, seed=33)
     bank = refseg.build_memory_bank(refs, "ground_truth", tag="refseg:reference")
     refseg.predict(dataset.exclude(refs.values("id")), bank, "refseg")  # the bank's models
+
+Curating (see README "Curating: negatives, corrections, thresholds, accepting")::
+
+    refseg.mark_false_positives(view, "refseg", "ground_truth")  # tags NEGATIVE_TAG
+    bank = refseg.add_references(bank, view, "refseg", tag=refseg.NEGATIVE_TAG, negative=True)
+    table = refseg.suggest_thresholds(view, "refseg", "ground_truth")
+    refseg.save_bank(dataset, "bank", bank.with_thresholds(table.thresholds), overwrite=True)
+    result = refseg.accept(refseg.threshold_view(view, "refseg", table), "refseg", "ground_truth")
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from typing import Any
 # modules (segmenter, models, matching...) load without FiftyOne where no database exists,
 # e.g. on a GPU machine running benchmarks/benchmark_engine.py.
 _EXPORTS = {
+    "AcceptResult": "refseg.acceptance",
+    "ClassThreshold": "refseg.thresholds",
     "DEFAULT": "refseg.presets",
     "DEFAULT_TAG": "refseg.sampling",
     "DatabaseUnavailableError": "refseg.database",
@@ -28,8 +38,10 @@ _EXPORTS = {
     "EvaluationReport": "refseg.coco_metrics",
     "FAST_PREDICT": "refseg.config",
     "FailureReport": "refseg.failures",
+    "Matches": "refseg.matches",
     "MemoryBank": "refseg.memory",
     "Models": "refseg.models.selection",
+    "NEGATIVE_TAG": "refseg.negatives",
     "PAPER": "refseg.presets",
     "PAPER_EVALUATE": "refseg.config",
     "PAPER_MODELS": "refseg.presets",
@@ -37,6 +49,7 @@ _EXPORTS = {
     "PAPER_REFERENCE": "refseg.config",
     "PredictConfig": "refseg.config",
     "PredictResult": "refseg.inference",
+    "PredictionMatch": "refseg.matches",
     "Predictions": "refseg.predictions",
     "Preset": "refseg.presets",
     "ReferenceConfig": "refseg.config",
@@ -46,13 +59,20 @@ _EXPORTS = {
     "SampleError": "refseg.failures",
     "SampleFailure": "refseg.failures",
     "Segmenter": "refseg.segmenter",
+    "SkippedPrediction": "refseg.acceptance",
+    "ThresholdTable": "refseg.thresholds",
+    "accept": "refseg.acceptance",
+    "add_references": "refseg.corrections",
     "as_model": "refseg.fiftyone_model",
     "build_memory_bank": "refseg.bank_builder",
     "cancel_run": "refseg.run_record",
     "evaluate": "refseg.evaluation",
+    "list_accepts": "refseg.acceptance",
     "list_banks": "refseg.fiftyone_io",
     "list_sharded_runs": "refseg.run_record",
     "load_bank": "refseg.fiftyone_io",
+    "mark_false_positives": "refseg.negatives",
+    "match_predictions": "refseg.matches",
     "predict": "refseg.inference",
     "reference_labels": "refseg.sampling",
     "rerun_shards": "refseg.runs",
@@ -61,9 +81,14 @@ _EXPORTS = {
     "sample_references": "refseg.sampling",
     "save_bank": "refseg.fiftyone_io",
     "segment_stream": "refseg.stream",
+    "suggest_thresholds": "refseg.thresholds",
+    "threshold_view": "refseg.thresholds",
+    "undo_accept": "refseg.acceptance",
 }
 
 __all__ = [
+    "AcceptResult",
+    "ClassThreshold",
     "DEFAULT",
     "DEFAULT_TAG",
     "DatabaseUnavailableError",
@@ -71,8 +96,10 @@ __all__ = [
     "EvaluationReport",
     "FAST_PREDICT",
     "FailureReport",
+    "Matches",
     "MemoryBank",
     "Models",
+    "NEGATIVE_TAG",
     "PAPER",
     "PAPER_EVALUATE",
     "PAPER_MODELS",
@@ -80,6 +107,7 @@ __all__ = [
     "PAPER_REFERENCE",
     "PredictConfig",
     "PredictResult",
+    "PredictionMatch",
     "Predictions",
     "Preset",
     "ReferenceConfig",
@@ -89,13 +117,20 @@ __all__ = [
     "SampleError",
     "SampleFailure",
     "Segmenter",
+    "SkippedPrediction",
+    "ThresholdTable",
+    "accept",
+    "add_references",
     "as_model",
     "build_memory_bank",
     "cancel_run",
     "evaluate",
+    "list_accepts",
     "list_banks",
     "list_sharded_runs",
     "load_bank",
+    "mark_false_positives",
+    "match_predictions",
     "predict",
     "reference_labels",
     "rerun_shards",
@@ -104,6 +139,9 @@ __all__ = [
     "sample_references",
     "save_bank",
     "segment_stream",
+    "suggest_thresholds",
+    "threshold_view",
+    "undo_accept",
 ]
 
 

@@ -49,6 +49,7 @@ def build_memory_bank(
     models: Models | None = None,
     config: ReferenceConfig = ReferenceConfig(),
     tag: str | None = None,
+    negative: bool = False,
     device: str | torch.device | None = None,
     batch_size: int = 16,
     name: str | None = None,
@@ -85,8 +86,16 @@ def build_memory_bank(
             encoder, with their weights; default ``Models()`` (SAM 2.1 Hiera-L, DINOv2
             ViT-L/14, official weights). ``refseg.PAPER.models`` for paper mode.
         config: reference settings (``refseg.PAPER.reference`` for paper mode).
-        tag: only labels carrying this label tag (e.g. the tag of ``sample_references``);
-            None uses every label of ``gt_field`` in the view.
+        tag: only labels carrying this label tag (e.g. the tag of ``sample_references``, or
+            ``refseg.NEGATIVE_TAG`` for negatives); None uses every label of ``gt_field`` in
+            the view.
+        negative: False (default): the labels are examples of their class. True: they are
+            negative references, "not <their label>" (typically false positives of that
+            class, tagged ``refseg.NEGATIVE_TAG``): encoded exactly as positives, into a bank
+            of negatives only, which cannot predict by itself; merge it into a bank of
+            positives with ``bank.with_references(negatives)``. A label with a
+            ``confidence`` (a prediction) is recorded with it as ``ReferenceRecord.score``,
+            so its field stays writable by ``predict`` (``refseg.field_safety``).
         device: torch device; default CUDA when available.
         batch_size: reference crops encoded together.
         name: also store the bank with the dataset as a run of this name.
@@ -105,7 +114,8 @@ def build_memory_bank(
         encoder, proposer: ready components instead of building them from ``models``.
 
     Returns:
-        The MemoryBank (class names sorted).
+        The MemoryBank (class names sorted); all its references are negative with
+        ``negative=True``.
 
     Raises:
         InvalidReferenceError: unusable reference labels (see above); nothing is encoded.
@@ -141,7 +151,7 @@ def build_memory_bank(
         needs_proposer = any(not label.detection.has_mask for label in labels)
         if needs_proposer and proposer is None:
             proposer = models.build_component("proposer", device=device, cache=cache)
-        source = _Source(dataset.name, gt_field, skip_failures, report)
+        source = _Source(dataset.name, gt_field, skip_failures, report, negative)
         records, prototypes = _encode(
             labels, encoder, proposer, config, source, batch_size, progress
         )
@@ -178,6 +188,7 @@ class _Source:
     field: str
     skip_failures: bool
     report: FailureReport
+    negative: bool = False
 
 
 def _prepare(labels, encoder, proposer, config, source: _Source):
@@ -205,9 +216,17 @@ def _prepare(labels, encoder, proposer, config, source: _Source):
                 box=box,
                 mask_source=mask_source,
                 field=source.field,
+                negative=source.negative,
+                score=_confidence(label),
             )
             crop = crop_reference(image, torch.from_numpy(mask), box, encoder.input_size, config)
             yield _Prepared(record, crop)
+
+
+def _confidence(label: ReferenceLabel) -> float | None:
+    """The label's confidence when it is a prediction, else None."""
+    confidence = label.detection.confidence
+    return None if confidence is None else float(confidence)
 
 
 def _check_sizes(labels: list[ReferenceLabel], boxes: list[tuple[float, ...]]) -> None:

@@ -248,6 +248,83 @@ def evaluate_coco(inputs: CocoInputs, *, classes: Sequence[str] | None = None) -
     )
 
 
+MATCHED, UNMATCHED, IGNORED, UNEVALUATED = "tp", "fp", "ignored", "unevaluated"
+"""What :func:`match_results` says of each result."""
+
+
+@dataclass(frozen=True)
+class ResultMatches:
+    """COCO's matching of results to ground truth at one IoU threshold.
+
+    Attributes:
+        status: one entry per result of the inputs, in their order: ``"tp"`` (matched to
+            ground truth of its class), ``"fp"`` (not matched), ``"ignored"`` (matched to a
+            crowd region: COCO counts it neither way) or ``"unevaluated"`` (beyond the 100
+            highest-scoring results of its image and class, or of a class not evaluated).
+        num_ground_truth: non-crowd ground-truth instances per evaluated class name.
+    """
+
+    status: tuple[str, ...]
+    num_ground_truth: dict[str, int]
+
+
+def match_results(
+    inputs: CocoInputs,
+    *,
+    iou: float,
+    iou_type: str = "segm",
+    classes: Sequence[str] | None = None,
+) -> ResultMatches:
+    """Which results ``COCOeval`` matches to ground truth at IoU ``iou``: its own greedy
+    matching (results by descending score per image and class, each to the unmatched ground
+    truth of highest IoU at or above ``iou``, non-crowd first; area "all", at most 100 results
+    per image and class), the matching behind AP at that IoU.
+
+    Args:
+        inputs: ground truth and results, e.g. from :func:`to_coco`.
+        iou: the IoU threshold, in (0, 1).
+        iou_type: ``"segm"`` (mask IoU; a detection without a mask counts as its box) or
+            ``"bbox"``.
+        classes: match only these category names (all when None).
+
+    Raises:
+        ValueError: ``iou`` outside (0, 1), an unknown ``iou_type``, no image, or a name in
+            ``classes`` without category.
+    """
+    if not 0.0 < iou < 1.0:
+        raise ValueError(f"iou must be in (0, 1), got {iou!r}")
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if not inputs.dataset["images"]:
+        raise ValueError("nothing to match: no images; pass a non-empty view or records")
+    name_of = {c["id"]: c["name"] for c in inputs.dataset["categories"]}
+    cat_ids = _select_categories(name_of, inputs.dataset["annotations"], inputs.results, classes)
+    ground_truth = _coco_index(inputs.dataset)
+    coco_eval = COCOeval(ground_truth, _load_results(ground_truth, inputs), iouType=iou_type)
+    coco_eval.params.catIds = cat_ids
+    coco_eval.params.iouThrs = np.array([iou])
+    coco_eval.params.areaRng = [[0.0, 1e10]]
+    coco_eval.params.areaRngLbl = ["all"]
+    coco_eval.params.maxDets = [100]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+    status = [UNEVALUATED] * len(inputs.results)
+    counts = {name_of[i]: 0 for i in cat_ids}
+    for image in coco_eval.evalImgs:
+        if image is None:
+            continue
+        counts[name_of[image["category_id"]]] += int(
+            np.count_nonzero(np.asarray(image["gtIgnore"]) == 0)
+        )
+        for k, result_id in enumerate(image["dtIds"]):
+            # loadRes numbers the results 1..N in the order given
+            if image["dtIgnore"][0, k]:
+                status[result_id - 1] = IGNORED
+            else:
+                status[result_id - 1] = MATCHED if image["dtMatches"][0, k] else UNMATCHED
+    return ResultMatches(status=tuple(status), num_ground_truth=counts)
+
+
 def _check_size(record: ImageRecord) -> None:
     if record.width <= 0 or record.height <= 0:
         raise ValueError(
@@ -315,6 +392,12 @@ def _legacy_box(mask: np.ndarray) -> list[float]:
         return [0.0, 0.0, 0.0, 0.0]
     x1, y1, x2, y2 = cols[0], rows[0], cols[-1], rows[-1]
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+
+
+def full_image_rle(det: fo.Detection, width: int, height: int) -> dict[str, Any]:
+    """The detection's mask (its box where it has none) as a full-image COCO RLE, placed as
+    :func:`to_coco` places it."""
+    return _rle(_full_image_mask(det, ImageRecord(width=width, height=height)))
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:

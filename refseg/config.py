@@ -81,6 +81,16 @@ class PredictConfig:
             lighter on large images; results within the tolerance stated in the README).
         precision: "fp32" (the paper), or "bf16" / "fp16" autocast for the two image encoders
             and the prompt decoder on CUDA devices (CPU runs stay fp32).
+        use_negatives: score with the bank's negative references, when it has some
+            (``refseg.matching.class_scores_with_negatives``: the research code's rule). A bank
+            without negatives predicts the same either way, bit for bit. ``PAPER_PREDICT`` has
+            False: the published numbers used no negatives.
+        negative_sigma: sigma of that rule, ``score = s_pos * exp(-max(s_neg - s_pos, 0) /
+            sigma)``; 0.8 as in the research code's live path. Larger is milder.
+        use_bank_thresholds: also drop final detections whose score is at or below the bank's
+            threshold for their class (``MemoryBank.thresholds``, from
+            ``refseg.suggest_thresholds``), before the top ``max_detections`` are taken;
+            classes without a stored threshold keep only ``score_threshold``.
     """
 
     points_per_side: int = 32
@@ -95,6 +105,9 @@ class PredictConfig:
     score_threshold: float | None = 0.0
     merge_resolution: MergeResolution = "full"
     precision: Precision = "fp32"
+    use_negatives: bool = True
+    negative_sigma: float = 0.8
+    use_bank_thresholds: bool = False
 
     def __post_init__(self) -> None:
         _require(self.points_per_side >= 1, "points_per_side must be >= 1", self.points_per_side)
@@ -133,6 +146,15 @@ class PredictConfig:
             self.precision in ("fp32", "bf16", "fp16"),
             "precision must be 'fp32', 'bf16' or 'fp16'",
             self.precision,
+        )
+        for name in ("use_negatives", "use_bank_thresholds"):
+            _require(
+                isinstance(getattr(self, name), bool), f"{name} must be a bool", getattr(self, name)
+            )
+        _require(
+            _is_number(self.negative_sigma) and self.negative_sigma > 0,
+            "negative_sigma must be a number > 0",
+            self.negative_sigma,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,9 +228,14 @@ PAPER_REFERENCE = ReferenceConfig(context_ratio=0.2, mask_downsample="nearest")
 """Stage 1-2 settings of the published numbers."""
 
 PAPER_PREDICT = PredictConfig(
-    drop_incomplete_point_batch=True, candidate_score_threshold=0.0, score_threshold=None
+    drop_incomplete_point_batch=True,
+    candidate_score_threshold=0.0,
+    score_threshold=None,
+    use_negatives=False,
+    use_bank_thresholds=False,
 )
-"""Stage 3 settings of the published numbers (all other fields are already the paper's)."""
+"""Stage 3 settings of the published numbers (all other fields are already the paper's): no
+negative references and no per-class thresholds, whatever the bank holds."""
 
 PAPER_EVALUATE = EvaluateConfig(legacy_coco_box=True)
 """Evaluation as the research code did it: COCO bbox results one pixel short."""

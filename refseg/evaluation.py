@@ -114,7 +114,7 @@ def evaluate(
         SampleError: ``skip_failures=False`` and an image cannot be read.
     """
     for name in (pred_field, gt_field):
-        _check_detections_field(view, name)
+        check_detections_field(view, name)
     if eval_key is not None:
         check_eval_key(
             view, eval_key, pred_field=pred_field, gt_field=gt_field, overwrite=overwrite
@@ -135,7 +135,7 @@ def evaluate(
     return dataclasses.replace(result, fiftyone_map=fiftyone_map, fiftyone_iou_type=iou_type)
 
 
-def _check_detections_field(view: SampleCollection, name: str) -> None:
+def check_detections_field(view: SampleCollection, name: str) -> None:
     """Raises a ValueError naming the field unless it is an ``fo.Detections`` field."""
     schema_field = view.get_field(name)
     if schema_field is None:

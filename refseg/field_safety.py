@@ -13,7 +13,12 @@ refuses with a ``ValueError`` that names the field and says what to do:
 - the label field a memory bank's references come from, even with ``overwrite=True``: for the
   bank in use (the field its references record, or any field holding one of its reference
   labels, which also protects banks of format version 1 that record no field) and for every
-  bank stored with the dataset (the ``reference_fields`` of its run);
+  bank stored with the dataset (the ``reference_fields`` of its run). References taken from
+  predictions (labels with a confidence, ``ReferenceRecord.score``: "find more like this", or
+  false positives marked as negatives) do not protect their field: the bank holds their
+  prototype and a copy of their provenance, so predicting into that field again (which
+  replaces those labels) loses nothing, and a prediction field marked up during curation
+  stays a prediction field. Annotations always protect theirs;
 - an existing field of another type than the one written (e.g. a string or Classification
   field where Detections are written);
 - an existing field without ``overwrite``;
@@ -261,9 +266,10 @@ def _reserved_names(collection: SampleCollection) -> set[str]:
 def _protection(dataset: fo.Dataset, field: str, bank: MemoryBank | None) -> str | None:
     """Why ``field`` of ``dataset`` holds memory bank references, or None."""
     if bank is not None:
-        if any(r.field == field and r.dataset == dataset.name for r in bank.references):
+        annotations = [r for r in bank.references if not r.from_prediction]
+        if any(r.field == field and r.dataset == dataset.name for r in annotations):
             return "the memory bank in use was built from it"
-        if _holds_labels(dataset, field, [r.label_id for r in bank.references]):
+        if _holds_labels(dataset, field, [r.label_id for r in annotations]):
             return "some of its labels are references of the memory bank in use"
     for key in list_banks(dataset):
         config = dataset.get_run_info(key).config

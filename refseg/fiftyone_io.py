@@ -44,10 +44,11 @@ def write_detections(
 def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: bool = False) -> None:
     """Stores a memory bank with the dataset as a custom run named ``key``.
 
-    The run's config summarises the bank (classes, shots, models, settings, and the label fields
-    its references come from, which predictions then never overwrite) so the App and
-    ``dataset.list_runs()`` show it; its results hold the bank file itself (base64), whose
-    checksum :func:`load_bank` verifies.
+    The run's config summarises the bank (classes, positive ``shots`` and ``negatives`` per
+    class, per-class ``thresholds``, models, settings, and the label fields its annotation
+    references come from, which predictions then never overwrite) so the App and
+    ``dataset.list_runs()`` show it; its results hold the bank file itself (base64, with the
+    thresholds), whose checksum :func:`load_bank` verifies.
 
     Raises:
         ValueError: ``key`` is not a valid name, or names another run of the dataset (a bank
@@ -60,6 +61,8 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
         method=BANK_RUN_METHOD,
         classes=list(bank.class_names),
         shots=bank.shots(),
+        negatives=bank.shots(negative=True),
+        thresholds=dict(bank.thresholds),
         encoder=bank.encoder,
         proposer=bank.proposer,
         settings=bank.settings.to_dict(),
@@ -72,8 +75,15 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
 
 
 def reference_fields(bank: MemoryBank, dataset_name: str) -> list[str]:
-    """The label fields of ``dataset_name`` that hold the bank's references, sorted."""
-    return sorted({r.field for r in bank.references if r.field and r.dataset == dataset_name})
+    """The label fields of ``dataset_name`` that hold the bank's annotation references, sorted
+    (references taken from predictions leave their field writable: ``refseg.field_safety``)."""
+    return sorted(
+        {
+            r.field
+            for r in bank.references
+            if r.field and r.dataset == dataset_name and not r.from_prediction
+        }
+    )
 
 
 def load_bank(dataset: fo.Dataset, key: str) -> MemoryBank:

@@ -108,7 +108,10 @@ def predict(
         label_field: the field to write.
         models: the proposer and encoder with their weights; None uses the models recorded in
             the bank. They are checked against the bank before any weights are loaded.
-        config: prediction settings (``refseg.PAPER.predict`` for paper mode).
+        config: prediction settings (``refseg.PAPER.predict`` for paper mode). A bank's
+            negative references lower the scores of what looks like them
+            (``config.use_negatives``); its per-class thresholds apply with
+            ``config.use_bank_thresholds``.
         batch_size: images encoded together.
         device: torch device; default CUDA when available.
         num_workers: DataLoader processes decoding images; default min(4, CPUs - 1).
@@ -149,8 +152,9 @@ def predict(
         ``refseg.run_status``, ``refseg.rerun_shards``).
 
     Raises:
-        ValueError: an empty view, an existing field without ``overwrite``, or models that do
-            not fit the bank (``refseg.models.BankModelsMismatchError``).
+        ValueError: an empty view, an existing field without ``overwrite``, a bank of negative
+            references only, or models that do not fit the bank
+            (``refseg.models.BankModelsMismatchError``).
         SampleError: a sample failed and ``skip_failures`` is False.
         RunLockedError: another run is writing ``label_field``.
         DatabaseUnavailableError: the database became unreachable; what was written before
@@ -159,6 +163,7 @@ def predict(
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
     _check_scaling(devices, device, shards, delegate, proposer, encoder)
+    bank.check_predictable()
     if points_per_side is not None:
         config = dataclasses.replace(config, points_per_side=points_per_side)
     if proposer is None or encoder is None:

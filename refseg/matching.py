@@ -56,3 +56,42 @@ def class_scores(
     similarity = (object_features @ class_prototypes.t()).clamp(min=0.0)
     scores, labels = similarity.max(dim=1)
     return scores, labels
+
+
+def class_scores_with_negatives(
+    object_features: torch.Tensor,
+    class_prototypes: torch.Tensor,
+    negative_prototypes: torch.Tensor,
+    negative_labels: torch.Tensor,
+    sigma: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class scores lowered for proposals that look more like a negative reference of the class
+    than like the class; the best class and its score.
+
+    The rule of the research code (``_compute_sim_global_avg_with_neg``, sigma 0.8 in its live
+    path): for each proposal and class,
+    ``score = s_pos * exp(-max(s_neg - s_pos, 0) / sigma)``, with ``s_pos`` the clamped cosine
+    to the class prototype and ``s_neg`` the largest clamped cosine to that class's negative
+    instance prototypes (each normalised on its own; 0 for a class without negatives, whose
+    scores are then unchanged). As there, the label is the argmax over these adjusted scores,
+    not over ``s_pos``: a proposal whose best class is decayed may go to another class.
+
+    Args:
+        object_features: (N, D) unit-length mask features.
+        class_prototypes: (C, D) unit-length class prototypes.
+        negative_prototypes: (M, D) unit-length negative instance prototypes.
+        negative_labels: (M,) int64 class index each negative is "not".
+        sigma: the decay's scale, > 0.
+
+    Returns:
+        scores: (N,) float32 in [0, 1]; labels: (N,) int64 class indices (first on ties).
+    """
+    positive = (object_features @ class_prototypes.t()).clamp(min=0.0)
+    similarity = (object_features @ negative_prototypes.t()).clamp(min=0.0)
+    index = negative_labels.to(similarity.device).expand(similarity.shape[0], -1)
+    negative = torch.zeros_like(positive).scatter_reduce(
+        1, index, similarity, reduce="amax", include_self=True
+    )
+    adjusted = positive * torch.exp(-(negative - positive).clamp(min=0.0) / sigma)
+    scores, labels = adjusted.max(dim=1)
+    return scores, labels

@@ -5,21 +5,32 @@ File format (``to_bytes`` / ``save``): an ``.npz`` archive without pickles holdi
 ``prototypes`` ((R, D) little-endian float32), ``labels`` ((R,) little-endian int64) and, from
 format version 2, ``sha256``: the hex SHA-256 of the header bytes followed by the bytes of the two
 arrays, so a damaged, truncated or edited file is refused instead of silently giving other
-scores. Version 2 also records each reference's label field and polarity. Version 1 files (no
-checksum, no field, all references positive) still load.
+scores.
+
+Versions:
+- 1: no checksum, no field, every reference positive. Still loads.
+- 2: the checksum, each reference's label field and polarity (negatives stored, not scored).
+  Still loads (negatives are then scored, see version 3).
+- 3 (written now): negative references are scored (``PredictConfig.use_negatives``), each
+  reference records the confidence of the label it came from when that label was a prediction
+  (``ReferenceRecord.score``), and the header holds the per-class score thresholds
+  (``MemoryBank.thresholds``, possibly empty). Readers of version 2 refuse it with "written by
+  a newer refseg" instead of silently ignoring what changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import math
 import struct
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -27,8 +38,8 @@ from refseg.config import ReferenceConfig
 from refseg.models.weights import same_weights
 
 FORMAT = "refseg.memory_bank"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 """Format versions :meth:`MemoryBank.from_bytes` reads."""
 
 _PROTOTYPE_DTYPE = np.dtype("<f4")
@@ -55,11 +66,19 @@ class ReferenceRecord:
         mask_source: "label" when the label's mask was used, "box" when the proposer made the
             mask from the box.
         field: the label field the reference came from ("" when unknown: banks of format
-            version 1). Predictions are never written into this field of this dataset.
-        negative: polarity. False (every reference today) is an example of its class; True
-            marks a "not this class" example, for curation. Negative references are stored and
-            carried through edits, but are not used in scoring yet: class prototypes are made
-            from the positive references only.
+            version 1). Predictions are never written into this field of this dataset, unless
+            the reference came from a prediction (``score`` is set): see ``score``.
+        negative: polarity. False is an example of its class; True marks a "not this class"
+            example. Class prototypes are made from the positive references only; negative
+            ones lower the scores of the proposals that look more like them than like their
+            class (``refseg.matching.class_scores_with_negatives``).
+        score: the ``confidence`` of the label when it was a prediction (any label with a
+            confidence counts as one), None for an annotation. A reference taken from a
+            prediction does not protect its field from predictions (``refseg.field_safety``):
+            the bank keeps the prototype and this record, so re-predicting into that field,
+            which replaces the label, loses nothing the bank needs. Annotations (ground truth,
+            hand-drawn labels, accepted predictions, which carry no confidence) are
+            protected.
     """
 
     dataset: str
@@ -71,6 +90,12 @@ class ReferenceRecord:
     mask_source: str = "label"
     field: str = ""
     negative: bool = False
+    score: float | None = None
+
+    @property
+    def from_prediction(self) -> bool:
+        """Whether the reference came from a prediction (its label had a confidence)."""
+        return self.score is not None
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,12 @@ class MemoryBank:
     Only the prototypes are kept (method.md stage 2): a bank is kilobytes to megabytes. Class
     prototypes are derived on demand, so references can be added or removed without
     re-encoding the others.
+
+    Negative references ("not this class", ``ReferenceRecord.negative``) belong to a class the
+    bank has positive references of; a bank holding a class with only negative references is
+    refused, except a bank of negative references only, which is an intermediate value to
+    merge into a bank of positives with :meth:`with_references` (it cannot predict:
+    :meth:`check_predictable`).
 
     Attributes:
         class_names: C class names; a class index is a position in this tuple.
@@ -91,6 +122,12 @@ class MemoryBank:
         proposer: identity of the mask proposer chosen with the bank (it made the masks of
             box-only references, and is the default proposer for predictions).
         settings: the reference settings used.
+        thresholds: per-class final score thresholds (class name -> value in [0, 1]),
+            suggested by ``refseg.suggest_thresholds`` and stored with :meth:`with_thresholds`;
+            applied by ``predict`` with ``PredictConfig(use_bank_thresholds=True)``, or over
+            stored predictions by ``refseg.threshold_view``. Kept for the classes that stay
+            when references are added or removed (re-suggest them after such an edit: scores
+            move with the references).
     """
 
     class_names: tuple[str, ...]
@@ -100,6 +137,7 @@ class MemoryBank:
     encoder: dict[str, Any]
     proposer: dict[str, Any]
     settings: ReferenceConfig = field(default_factory=ReferenceConfig)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         r = len(self.references)
@@ -127,6 +165,37 @@ class MemoryBank:
                     f"MemoryBank: reference {record.label_id} is labelled {record.label!r} "
                     f"but filed under {self.class_names[label]!r}"
                 )
+        self._check_polarity()
+        self._check_thresholds()
+
+    def _check_polarity(self) -> None:
+        """Refuses classes with negative references only, unless every reference is negative
+        (a bank of negatives to merge)."""
+        negatives = self.negatives
+        if negatives.all():
+            return
+        positive = np.bincount(self.labels[~negatives], minlength=len(self.class_names))
+        without = [name for name, count in zip(self.class_names, positive) if count == 0]
+        if without:
+            ids = [r.label_id for r in self.references if r.negative and r.label in without]
+            raise ValueError(
+                f"MemoryBank: classes {without} have only negative references: a negative "
+                "reference is 'not <class>' for a class the bank has positive references of. "
+                f"Add positive references of them first, or leave out the negatives {ids}"
+            )
+
+    def _check_thresholds(self) -> None:
+        for name, value in self.thresholds.items():
+            if name not in self.class_names:
+                raise ValueError(
+                    f"MemoryBank: a score threshold is given for {name!r}, which is not a class "
+                    f"of the bank ({list(self.class_names)})"
+                )
+            if not _is_unit_number(value):
+                raise ValueError(
+                    f"MemoryBank: the score threshold of {name!r} must be a number in [0, 1], "
+                    f"got {value!r}"
+                )
 
     @property
     def dim(self) -> int:
@@ -138,32 +207,81 @@ class MemoryBank:
         """(R,) bool: which references are negative ("not this class") examples."""
         return np.array([r.negative for r in self.references], dtype=bool)
 
-    def shots(self) -> dict[str, int]:
-        """Number of positive references of each class (negative ones are not shots)."""
-        positive = self.labels[~self.negatives]
-        counts = np.bincount(positive, minlength=len(self.class_names))
+    @property
+    def has_negatives(self) -> bool:
+        """Whether the bank holds any negative reference."""
+        return bool(self.negatives.any())
+
+    def shots(self, negative: bool = False) -> dict[str, int]:
+        """Number of references of each class: the positive ones (the shots, default), or the
+        negative ones with ``negative=True``. Every class of the bank is a key."""
+        chosen = self.labels[self.negatives == negative]
+        counts = np.bincount(chosen, minlength=len(self.class_names))
         return dict(zip(self.class_names, counts.tolist()))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Positive and negative references of each class:
+        ``{class: {"positive": n, "negative": m}}``, in class order."""
+        positive, negative = self.shots(), self.shots(negative=True)
+        return {
+            name: {"positive": positive[name], "negative": negative[name]}
+            for name in self.class_names
+        }
+
+    def check_predictable(self) -> None:
+        """Raises a ValueError when the bank cannot predict: it holds negative references only.
+
+        (Classes with only negative references in a bank with positives are refused when the
+        bank is made.)
+        """
+        if not len(self.references) or self.negatives.all():
+            raise ValueError(
+                f"This memory bank holds only negative references ({len(self.references)} "
+                "'not <class>' examples), so it has no class to predict. Merge it into a bank "
+                "of positive references: bank.with_references(negatives)"
+            )
 
     def class_prototypes(self) -> np.ndarray:
         """(C, D) float32 class prototypes: the L2-normalised mean of each class's positive
         instances. Negative references never enter a class prototype.
 
         Raises:
-            ValueError: a class has only negative references.
+            ValueError: the bank holds only negative references (:meth:`check_predictable`).
         """
+        self.check_predictable()
         positive = ~self.negatives
         counts = np.bincount(self.labels[positive], minlength=len(self.class_names))
-        without = [name for name, count in zip(self.class_names, counts) if count == 0]
-        if without:
-            raise ValueError(
-                f"Classes {without} have only negative references, so they have no class "
-                "prototype; add positive references of them, or remove their references"
-            )
         sums = np.zeros((len(self.class_names), self.dim), dtype=np.float64)
         np.add.at(sums, self.labels[positive], self.prototypes[positive].astype(np.float64))
         means = sums / counts[:, None]
         norms = np.linalg.norm(means, axis=1, keepdims=True)
         return (means / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def negative_prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The negative references as the scoring uses them.
+
+        Returns:
+            prototypes: (M, D) float32, each negative instance prototype L2-normalised (the
+                research code normalises each negative instance; they are not averaged);
+            labels: (M,) int64 class index of each (the class it is "not").
+        """
+        negative = self.negatives
+        prototypes = self.prototypes[negative].astype(np.float64)
+        norms = np.linalg.norm(prototypes, axis=1, keepdims=True)
+        return (prototypes / np.maximum(norms, 1e-12)).astype(np.float32), self.labels[negative]
+
+    def with_thresholds(self, thresholds: Mapping[str, float] | None) -> "MemoryBank":
+        """A new bank with these per-class score thresholds (replacing any stored ones; None
+        or an empty mapping removes them). Pass ``ThresholdTable.thresholds`` or a dict.
+
+        Raises:
+            ValueError: a class is not in the bank, or a value is not a number in [0, 1].
+        """
+        values = {
+            str(name): float(value) if _is_unit_number(value) else value
+            for name, value in (thresholds or {}).items()
+        }
+        return dataclasses.replace(self, thresholds=values)
 
     def check_encoder(self, identity: dict[str, Any], dim: int) -> None:
         """Raises a ValueError unless ``identity`` is the encoder that built this bank: the
@@ -180,10 +298,14 @@ class MemoryBank:
             )
 
     def with_references(self, other: "MemoryBank") -> "MemoryBank":
-        """A new bank with ``other``'s references added (no re-encoding).
+        """A new bank with ``other``'s references added (no re-encoding): more positive
+        references, or negative ones (a bank built with ``negative=True``). This bank's
+        thresholds are kept; ``other``'s are not taken.
 
         Raises:
-            ValueError: if the banks' encoders or settings differ, or a label is in both.
+            ValueError: if the banks' encoders or settings differ, a label is in both, or the
+                result would hold a class with only negative references (negatives of a class
+                this bank has no positive reference of are refused, not ignored).
         """
         self.check_encoder(other.encoder, other.dim)
         if other.settings != self.settings:
@@ -202,10 +324,11 @@ class MemoryBank:
     def without_references(self, label_ids: Iterable[str]) -> "MemoryBank":
         """A new bank without the references of the given label ids.
 
-        A class whose references are all removed leaves the bank.
+        A class whose references are all removed leaves the bank (with its threshold).
 
         Raises:
-            ValueError: if an id is not in the bank, or no reference would be left.
+            ValueError: if an id is not in the bank, no reference would be left, or a class
+                would keep only negative references (remove those too).
         """
         remove = set(label_ids)
         unknown = remove - {r.label_id for r in self.references}
@@ -232,6 +355,7 @@ class MemoryBank:
             encoder=self.encoder,
             proposer=self.proposer,
             settings=self.settings,
+            thresholds={k: v for k, v in self.thresholds.items() if k in index},
         )
 
     def to_bytes(self) -> bytes:
@@ -245,6 +369,7 @@ class MemoryBank:
                 "encoder": self.encoder,
                 "proposer": self.proposer,
                 "settings": self.settings.to_dict(),
+                "thresholds": dict(self.thresholds),
             }
         ).encode("utf-8")
         prototypes = np.ascontiguousarray(self.prototypes, dtype=_PROTOTYPE_DTYPE)
@@ -279,7 +404,7 @@ class MemoryBank:
         header_bytes, arrays = _read_archive(data, source, remedy)
         header = _parse_header(header_bytes, source, remedy)
         if header["version"] >= 2:
-            _verify_checksum(header_bytes, arrays, source, remedy)
+            _verify_checksum(header_bytes, arrays, source, remedy, header["version"])
         elif "sha256" in arrays:
             raise BankFileError(
                 f"{source} says format version 1 but carries a checksum: its header was edited. "
@@ -316,6 +441,7 @@ class MemoryBank:
             encoder=header["encoder"],
             proposer=header["proposer"],
             settings=ReferenceConfig.from_dict(header["settings"]),
+            thresholds=_thresholds_of(header),
         )
 
     def save(self, path: str | Path) -> None:
@@ -349,6 +475,24 @@ _ARCHIVE_ERRORS = (
     zlib.error,
     struct.error,
 )
+
+
+def _thresholds_of(header: dict[str, Any]) -> dict[str, float]:
+    """The header's per-class thresholds (none before format version 3)."""
+    thresholds = header.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"thresholds must be a mapping of class to value, got {thresholds!r}")
+    return thresholds
+
+
+def _is_unit_number(value: Any) -> bool:
+    """A real number (not a bool) in [0, 1]."""
+    return (
+        isinstance(value, (int, float, np.floating))
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+        and 0.0 <= value <= 1.0
+    )
 
 
 def _checksum(header: bytes, prototypes: np.ndarray, labels: np.ndarray) -> str:
@@ -406,12 +550,13 @@ def _parse_header(header_bytes: bytes, source: str, remedy: str) -> dict[str, An
 
 
 def _verify_checksum(
-    header_bytes: bytes, arrays: dict[str, np.ndarray], source: str, remedy: str
+    header_bytes: bytes, arrays: dict[str, np.ndarray], source: str, remedy: str, version: int
 ) -> None:
     stored = arrays.get("sha256")
     if stored is None:
         raise BankFileError(
-            f"{source} has format version 2 but no checksum: it was edited or damaged. {remedy}"
+            f"{source} has format version {version} but no checksum: it was edited or damaged. "
+            f"{remedy}"
         )
     try:
         expected = stored.tobytes().decode("ascii")

@@ -163,10 +163,13 @@ def apply_decay(scores: np.ndarray, decay: np.ndarray, exponent: float) -> np.nd
     return (scores * np.power(1.0 - decay, exponent)).astype(np.float32)
 
 
-def top_k(scores: np.ndarray, k: int, threshold: float | None = None) -> np.ndarray:
+def top_k(scores: np.ndarray, k: int, threshold: float | np.ndarray | None = None) -> np.ndarray:
     """Indices of the k highest scores above ``threshold`` (all when None), descending
-    (stable on ties)."""
+    (stable on ties). ``threshold`` is one number, or an array aligned with ``scores`` (a
+    threshold per score: per-class thresholds)."""
     order = np.argsort(-scores, kind="stable")
-    if threshold is not None:
+    if isinstance(threshold, np.ndarray):
+        order = order[scores[order] > threshold[order]]
+    elif threshold is not None:
         order = order[scores[order] > threshold]
     return order[:k]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -11,7 +12,12 @@ import torch.nn.functional as F
 
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
-from refseg.matching import class_scores, features_on_mask_grid, mask_features
+from refseg.matching import (
+    class_scores,
+    class_scores_with_negatives,
+    features_on_mask_grid,
+    mask_features,
+)
 from refseg.memory import MemoryBank
 from refseg.postprocess import (
     apply_decay,
@@ -24,6 +30,8 @@ from refseg.postprocess import (
 from refseg.predictions import Predictions
 from refseg.proposals import Proposals, propose
 from refseg.timing import NoTimer, StageTimer
+
+logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,7 +74,8 @@ class Segmenter:
         timer: receives the time of each stage (benchmarks); default measures nothing.
 
     Raises:
-        ValueError: if the bank was built with another encoder, or its dimension differs.
+        ValueError: if the bank was built with another encoder, or its dimension differs, or
+            it holds negative references only.
     """
 
     def __init__(
@@ -84,6 +93,14 @@ class Segmenter:
         self.timer = timer
         self.class_names = bank.class_names
         self.class_prototypes = torch.from_numpy(bank.class_prototypes()).to(encoder.device)
+        self.negatives = None
+        if config.use_negatives and bank.has_negatives:
+            prototypes, labels = bank.negative_prototypes()
+            self.negatives = (
+                torch.from_numpy(prototypes).to(encoder.device),
+                torch.from_numpy(labels).to(encoder.device),
+            )
+        self.final_thresholds = _final_thresholds(bank, config)
 
     @torch.inference_mode()
     def segment_batch(
@@ -155,7 +172,12 @@ class Segmenter:
         features = features_on_mask_grid(grid, self.proposer.mask_size)
         logits = proposals.logits.to(features.device)
         object_features = mask_features(logits > 0, features)
-        scores, labels = class_scores(object_features, self.class_prototypes)
+        if self.negatives is None:
+            scores, labels = class_scores(object_features, self.class_prototypes)
+        else:
+            scores, labels = class_scores_with_negatives(
+                object_features, self.class_prototypes, *self.negatives, self.config.negative_sigma
+            )
         return Candidates(
             logits, proposals.iou.to(features.device), object_features, scores, labels
         )
@@ -190,7 +212,7 @@ class Segmenter:
                 decay,
                 self.config.merge_exponent,
             )
-            best = top_k(scores, self.config.max_detections, self.config.score_threshold)
+            best = top_k(scores, self.config.max_detections, self._threshold_of(labels))
         return self._predictions(
             [crops[i] for i in best], boxes[non_empty][best], scores[best], labels[best], image_size
         )
@@ -207,7 +229,10 @@ class Segmenter:
             )
             scores = candidates.scores * (1.0 - decay).pow(self.config.merge_exponent)
             best = torch.argsort(scores, descending=True, stable=True)
-            if self.config.score_threshold is not None:
+            if self.final_thresholds is not None:
+                limits = torch.from_numpy(self.final_thresholds).to(scores.device)
+                best = best[scores[best] > limits[candidates.labels[best]].to(scores.dtype)]
+            elif self.config.score_threshold is not None:
                 best = best[scores[best] > self.config.score_threshold]
             best = best[: self.config.max_detections]
         with self.timer("mask_upsampling"):
@@ -220,6 +245,13 @@ class Segmenter:
             candidates.labels[best].cpu().numpy()[non_empty],
             image_size,
         )
+
+    def _threshold_of(self, labels: np.ndarray) -> float | np.ndarray | None:
+        """The final threshold of each detection: per class when the bank's thresholds are in
+        use ((N,) float32), else the one ``score_threshold`` (or None)."""
+        if self.final_thresholds is None:
+            return self.config.score_threshold
+        return self.final_thresholds[labels]
 
     def _predictions(
         self,
@@ -238,3 +270,25 @@ class Segmenter:
             class_names=self.class_names,
             image_size=image_size,
         )
+
+
+def _final_thresholds(bank: MemoryBank, config: PredictConfig) -> np.ndarray | None:
+    """(C,) float32 final score threshold of each class, the larger of ``score_threshold`` and
+    the bank's threshold of the class (-inf where neither applies); None unless
+    ``use_bank_thresholds`` and the bank has thresholds, so the usual path is unchanged."""
+    if not config.use_bank_thresholds:
+        return None
+    if not bank.thresholds:
+        logger.warning(
+            "use_bank_thresholds=True but the memory bank has no thresholds: only "
+            "score_threshold=%r applies (store some with refseg.suggest_thresholds and "
+            "bank.with_thresholds)",
+            config.score_threshold,
+        )
+        return None
+    floor = -np.inf if config.score_threshold is None else config.score_threshold
+    limits = np.full(len(bank.class_names), floor, dtype=np.float64)
+    for i, name in enumerate(bank.class_names):
+        if name in bank.thresholds:
+            limits[i] = max(floor, bank.thresholds[name])
+    return limits.astype(np.float32)

@@ -2,9 +2,12 @@
 
 Each image has a noisy grey background and a few non-overlapping shapes. Three classes are
 "red_square", "green_disc" and "blue_triangle"; "yellow_square" appears only on negative
-images (images with none of the three classes). Ground truth is a ``fo.Detections`` field with
-masks cropped to their boxes. Drawing needs only numpy and PIL; FiftyOne is imported by the two
-functions that make its objects, so engine benchmarks can draw images where it is not installed.
+images (images with none of the three classes). On request, positive images also hold
+confusers: "orange_square", a square of a hue close to red that is no class and is not in the
+ground truth (a look-alike, for negative references). Ground truth is a ``fo.Detections``
+field with masks cropped to their boxes. Drawing needs only numpy and PIL; FiftyOne is
+imported by the two functions that make its objects, so engine benchmarks can draw images
+where it is not installed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ PALETTE = {
 
 CLASSES = ("red_square", "green_disc", "blue_triangle")
 NEGATIVE_CLASS = "yellow_square"
+
+CONFUSERS = {"orange_square": (0.87, 0.45, 0.13)}
+"""RGB of each look-alike: not in ``PALETTE`` (so not a colour a palette encoder knows), close
+to the class it imitates (``CONFUSER_OF``)."""
+
+CONFUSER_OF = {"orange_square": "red_square"}
+"""The class each confuser looks like."""
+
+_COLOURS = {**PALETTE, **CONFUSERS}
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ def render(shapes: list[Shape], height: int, width: int, rng: np.random.Generato
     image = np.empty((height, width, 3), np.float32)
     image[:] = PALETTE["background"]
     for shape in shapes:
-        image[shape.mask] = PALETTE[shape.label]
+        image[shape.mask] = _COLOURS[shape.label]
     image += rng.normal(0.0, 0.03, image.shape).astype(np.float32)
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
@@ -104,11 +116,15 @@ def make_shapes_dataset(
     seed: int = 0,
     gt_field: str = "ground_truth",
     persistent: bool = False,
+    confusers: int = 0,
 ) -> fo.Dataset:
     """Writes the images and returns a FiftyOne dataset of them with ground truth.
 
     Positive images hold 1-3 shapes of ``CLASSES`` (every class appears often enough for a
     few shots); negative images hold only ``NEGATIVE_CLASS`` shapes and are tagged "negative".
+    With ``confusers`` > 0, each positive image also holds that many "orange_square"
+    confusers (placed after its shapes, left out of the ground truth; images that hold some
+    are tagged "confuser"). ``confusers=0`` draws exactly the dataset of earlier versions.
     """
     import fiftyone as fo
 
@@ -121,11 +137,16 @@ def make_shapes_dataset(
         negative = index >= num_positive
         count = int(rng.integers(1, 4))
         labels = [NEGATIVE_CLASS] * count if negative else list(rng.choice(CLASSES, count))
+        if confusers and not negative:
+            labels += list(CONFUSERS)[:1] * confusers
         shapes = random_shapes(labels, height, width, rng)
         path = os.path.join(image_dir, f"shapes_{index:03d}.png")
         Image.fromarray(render(shapes, height, width, rng)).save(path)
-        detections = [to_detection(s, height, width) for s in shapes]
-        sample = fo.Sample(filepath=path, tags=["negative"] if negative else [])
+        detections = [to_detection(s, height, width) for s in shapes if s.label not in CONFUSERS]
+        tags = ["negative"] if negative else []
+        if any(s.label in CONFUSERS for s in shapes):
+            tags.append("confuser")
+        sample = fo.Sample(filepath=path, tags=tags)
         sample[gt_field] = fo.Detections(detections=detections)
         samples.append(sample)
     dataset.add_samples(samples)

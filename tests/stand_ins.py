@@ -5,7 +5,8 @@ shape yields (its left 40 %, the whole shape, a square distractor) with predicte
 (0.6, 0.9, 0.5), except that a point on the left part prefers the part (0.88 against 0.86), so
 parts survive to the soft merge; a point on the background yields small square distractors. ``PaletteEncoder``
 gives each patch a feature encoding its colour: a soft assignment to the synthetic palette,
-mapped to D dimensions by a fixed random rotation. Nothing here looks at ground truth.
+mapped to D dimensions by a fixed random rotation; it counts the images it encodes
+(``encoded_images``), so tests can check what is re-encoded. Nothing here looks at ground truth.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ class PaletteEncoder:
             torch.randn(dim, dim, generator=torch.Generator().manual_seed(0))
         )
         self.projection = rotation[: len(PALETTE)]
+        self.encoded_images = 0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.encoded_images += images.shape[0]
         pixels = images.permute(0, 2, 3, 1)
         distance = torch.cdist(pixels.reshape(-1, 3), self.palette).reshape(*pixels.shape[:3], -1)
         assignment = torch.softmax(-distance / 0.05, dim=-1)

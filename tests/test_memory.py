@@ -185,7 +185,7 @@ def _encoded(header: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(header).encode(), np.uint8)
 
 
-def test_format_1_banks_still_load_and_are_saved_as_format_2(tmp_path):
+def test_format_1_banks_still_load_and_are_saved_as_the_current_format(tmp_path):
     assert _header(V1_FIXTURE.read_bytes())["version"] == 1
     bank = MemoryBank.load(V1_FIXTURE)
     assert bank.class_names == ("cat", "dog") and bank.shots() == {"cat": 2, "dog": 1}
@@ -195,7 +195,7 @@ def test_format_1_banks_still_load_and_are_saved_as_format_2(tmp_path):
     assert [r.mask_source for r in bank.references] == ["label", "box", "label"]
     assert all(r.field == "" and r.negative is False for r in bank.references)
     bank.save(tmp_path / "again.npz")
-    assert _header((tmp_path / "again.npz").read_bytes())["version"] == FORMAT_VERSION == 2
+    assert _header((tmp_path / "again.npz").read_bytes())["version"] == FORMAT_VERSION == 3
     assert MemoryBank.load(tmp_path / "again.npz").references == bank.references
 
 
@@ -230,14 +230,13 @@ def test_class_prototypes_use_positive_references_only():
         references=bank.references + (negative,),
     )
     np.testing.assert_array_equal(with_negative.class_prototypes(), bank.class_prototypes())
-    only_negative = dataclasses.replace(
-        with_negative,
-        references=tuple(
-            dataclasses.replace(r, negative=r.label == "dog") for r in with_negative.references
-        ),
-    )
     with pytest.raises(ValueError, match=r"\['dog'\] have only negative references"):
-        only_negative.class_prototypes()
+        dataclasses.replace(
+            with_negative,
+            references=tuple(
+                dataclasses.replace(r, negative=r.label == "dog") for r in with_negative.references
+            ),
+        )
 
 
 def test_damaged_truncated_or_edited_files_are_refused(tmp_path):
@@ -261,14 +260,14 @@ def test_damaged_truncated_or_edited_files_are_refused(tmp_path):
     prototypes[0, 0] += 1e-3
     with pytest.raises(BankFileError, match="fails its checksum"):
         MemoryBank.from_bytes(_rewrite(data, prototypes=prototypes))
-    with pytest.raises(BankFileError, match="format version 2 but no checksum"):
+    with pytest.raises(BankFileError, match="format version 3 but no checksum"):
         MemoryBank.from_bytes(_rewrite(data, sha256=None))
     header = _header(data)
     header["version"] = 1
     with pytest.raises(BankFileError, match="says format version 1 but carries a checksum"):
         MemoryBank.from_bytes(_rewrite(data, header=_encoded(header)))
-    header["version"] = 3
-    with pytest.raises(BankFileError, match="format version 3.*newer refseg: upgrade"):
+    header["version"] = 4
+    with pytest.raises(BankFileError, match="format version 4.*newer refseg: upgrade"):
         MemoryBank.from_bytes(_rewrite(data, header=_encoded(header)), source="b.npz")
     with pytest.raises(BankFileError, match="header is not JSON"):
         MemoryBank.from_bytes(_rewrite(data, header=np.frombuffer(b"\xff{", np.uint8)))

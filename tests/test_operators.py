@@ -121,7 +121,7 @@ def test_every_listed_operator_is_registered():
     listed = yaml.safe_load((REPO / "fiftyone.yml").read_text())["operators"]
     registered = {o.uri for o in foo.list_operators() if o.uri.startswith(PLUGIN)}
     assert registered == {f"{PLUGIN}/{name}" for name in listed}
-    assert len(listed) == 9
+    assert len(listed) == 14
 
 
 def test_register_imports_neither_torch_nor_the_engine():
