@@ -15,7 +15,7 @@ weights, for tests only.
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -42,10 +42,13 @@ from refseg.models.sam2_proposer import (
 from refseg.models.weights import (
     RANDOM_WEIGHTS,
     CheckpointMismatchError,
+    MissingWeights,
+    RandomWeightsWarning,
     WeightsNotFoundError,
     file_digest,
     resolve_checkpoint,
     seeded_init,
+    warn_random_weights,
     weights_label,
 )
 
@@ -57,9 +60,11 @@ __all__ = [
     "DecoderKind",
     "Dinov2Encoder",
     "Dinov2Spec",
+    "MissingWeights",
     "ModelCache",
     "ModelKey",
     "RANDOM_WEIGHTS",
+    "RandomWeightsWarning",
     "Sam2Embedding",
     "Sam2Proposer",
     "Sam2Spec",
@@ -88,9 +93,9 @@ def require_weights(
 
     Raises:
         WeightsNotFoundError: one message listing every missing file and where to put it,
-            followed by ``hint``.
+            followed by ``hint``; its ``missing`` names each file with its model and size.
     """
-    problems = []
+    problems, missing = [], []
     for spec, checkpoint in (
         (sam2_spec(sam2), sam2_checkpoint),
         (dinov2_spec(dinov2), dinov2_checkpoint),
@@ -99,9 +104,16 @@ def require_weights(
             resolve_checkpoint(spec.filename, spec.url, checkpoint)
         except WeightsNotFoundError as error:
             problems.append(str(error))
+            missing += [
+                dataclasses.replace(item, model=spec.name, size_bytes=spec.size_bytes)
+                for item in error.missing
+            ]
     if problems:
         raise WeightsNotFoundError(
-            "model weights are missing:\n- " + "\n- ".join(problems) + (f"\n{hint}" if hint else "")
+            "model weights are missing:\n- "
+            + "\n- ".join(problems)
+            + (f"\n{hint}" if hint else ""),
+            missing,
         )
 
 
@@ -221,11 +233,7 @@ def _check_weights_args(name: str, checkpoint: str | Path | None, pretrained: bo
             f"checkpoint for random weights, or drop pretrained=False to load the file"
         )
     if not pretrained:
-        warnings.warn(
-            f"{name} has random weights (pretrained=False): its outputs are meaningless; "
-            f"use it only for tests",
-            stacklevel=3,
-        )
+        warn_random_weights(name)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
