@@ -92,6 +92,7 @@ def build_parser(prog: str = "refseg") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter
     )
+    parser.set_defaults(prog=prog)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     output = output_options()
     demo = commands.add_parser(
@@ -219,18 +220,12 @@ def _job(args: argparse.Namespace) -> int:
         args.points_per_side = args.points_per_side or SMOKE_MODELS["points_per_side"]
         if args.command == "demo" and args.dataset == DEMO_DATASET:
             args.dataset = SMOKE_DATASET["name"]
-    if args.random_weights and (args.sam2_checkpoint or args.dinov2_checkpoint):
-        return fail(
-            args,
-            "--random-weights (or --smoke) and --sam2-checkpoint / --dinov2-checkpoint contradict "
-            "each other: drop the checkpoints for random weights, or drop --random-weights",
-        )
     from refseg.models import RandomWeightsWarning, WeightsNotFoundError
 
     silenced = (RandomWeightsWarning,) if args.random_weights else ()
     with command_output(quiet=args.quiet, verbose=args.verbose, silenced=silenced):
         try:
-            check_model_names(args.sam2, args.dinov2)
+            check_model_flags(args)
             dataset = _existing_dataset(args) if args.command == "run" else None
             if args.random_weights:
                 logger.warning(RANDOM_WEIGHTS_NOTICE)
@@ -256,10 +251,8 @@ def _job(args: argparse.Namespace) -> int:
 
 def fail(args: argparse.Namespace, message: str) -> int:
     """Prints ``refseg COMMAND: error: message`` to stderr; returns the exit status 2."""
-    command = " ".join(
-        str(word) for word in (args.command, getattr(args, "protocol", None)) if word
-    )
-    print(f"refseg {command}: error: {message}", file=sys.stderr)
+    words = (args.prog, args.command, getattr(args, "protocol", None))
+    print(f"{' '.join(word for word in words if word)}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -303,11 +296,21 @@ def _check_weights(args: argparse.Namespace) -> None:
     )
 
 
-def check_model_names(sam2: str, dinov2: str) -> None:
-    """Raises ValueError naming the flag (--sam2 or --dinov2) of an unknown model name."""
+def check_model_flags(args: argparse.Namespace, sam2: str = "", dinov2: str = "") -> None:
+    """Raises ValueError naming the flags of contradicting weights options or of an unknown
+    model name (``sam2``, ``dinov2``: the names in use, default ``args.sam2``, ``args.dinov2``)."""
     from refseg.models import dinov2_spec, sam2_spec
 
-    for flag, name, lookup in (("--sam2", sam2, sam2_spec), ("--dinov2", dinov2, dinov2_spec)):
+    if args.random_weights and (args.sam2_checkpoint or args.dinov2_checkpoint):
+        raise ValueError(
+            "--random-weights (or --smoke) and --sam2-checkpoint / --dinov2-checkpoint contradict "
+            "each other: drop the checkpoints for random weights, or drop --random-weights"
+        )
+    names = (
+        ("--sam2", sam2 or args.sam2, sam2_spec),
+        ("--dinov2", dinov2 or args.dinov2, dinov2_spec),
+    )
+    for flag, name, lookup in names:
         try:
             lookup(name)
         except ValueError as error:

@@ -117,6 +117,17 @@ def test_missing_weights_name_every_file_its_size_and_how_to_fetch_it(
     assert not fo.dataset_exists(dataset_name)  # nothing was done
 
 
+def test_reproduce_names_its_flags_for_missing_weights(empty_model_zoo, capsys):
+    argv = ["reproduce", "custom", "--references", "r.json", "--targets", "t.json", "--images", "i"]
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("refseg reproduce custom: error: model weights are missing")
+    assert "sam2.1_hiera_large.pt (898 MB," in message
+    assert "dinov2_vitl14_pretrain.pth (1.2 GB," in message
+    assert "--sam2-checkpoint /path/to/sam2.1_hiera_large.pt" in message
+    assert "add --random-weights" in message and "checkpoint=" not in message
+
+
 def test_a_missing_explicit_checkpoint_names_its_flag(empty_model_zoo, tmp_path, capsys):
     dataset = fo.Dataset()
     missing = tmp_path / "nope.pt"

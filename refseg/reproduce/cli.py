@@ -55,7 +55,7 @@ Run '%(prog)s PROTOCOL --help' for the options (docs/reproduce.md has more)."""
 
 def execute(args: argparse.Namespace) -> int:
     """Runs a parsed ``refseg reproduce PROTOCOL ...`` command line; returns the exit status."""
-    from refseg.cli import RANDOM_WEIGHTS_NOTICE, check_model_names, fail, weights_message
+    from refseg.cli import RANDOM_WEIGHTS_NOTICE, check_model_flags, fail, weights_message
     from refseg.console import command_output
     from refseg.models import RandomWeightsWarning, WeightsNotFoundError
 
@@ -63,7 +63,7 @@ def execute(args: argparse.Namespace) -> int:
     with command_output(quiet=args.quiet, verbose=args.verbose, silenced=silenced):
         try:
             models = models_from_args(args)
-            check_model_names(models.sam2, models.dinov2)
+            check_model_flags(args, models.sam2, models.dinov2)
             if models.pretrained:
                 _check_weights(models)
             else:
