@@ -202,7 +202,7 @@ print_next_steps() {
     fi
     say "done in $((SECONDS / 60)) min $((SECONDS % 60)) s; refseg is installed in $(dirname "$(dirname "$PY")")$size"
     say "next:"
-    say "  $refseg demo --smoke      offline check with random weights (a minute or two on a CPU)"
+    say "  $refseg demo --smoke      offline check with random weights (1 to 3 minutes on 2 CPU cores)"
     say "  $refseg demo              the demo with the paper's models (it says which weight files to fetch)"
     say "  $refseg --help            every command"
     [[ "$WITH_TESTS" == 0 ]] || say "  $python -m pytest -q     the tests"
