@@ -18,9 +18,12 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refseg.console import command_output
+
+if TYPE_CHECKING:  # refseg.models imports torch
+    from refseg.models import WeightsNotFoundError
 
 logger = logging.getLogger("refseg.cli")
 
@@ -317,15 +320,14 @@ def check_model_flags(args: argparse.Namespace, sam2: str = "", dinov2: str = ""
             raise ValueError(f"{flag}: {error}") from None
 
 
-def weights_message(error: Exception, flags: Mapping[str, str], hint: str = "") -> str:
+def weights_message(error: WeightsNotFoundError, flags: Mapping[str, str], hint: str = "") -> str:
     """The command line's words for a ``WeightsNotFoundError``: each missing file with its size,
     where it belongs, the command that fetches it on a machine with a network, and the flag that
     takes an explicit path (``flags`` maps a model name to that flag)."""
-    missing = getattr(error, "missing", ())
-    if not missing:
+    if not error.missing:
         return str(error)
     lines = ["model weights are missing, so nothing was done."]
-    for item in missing:
+    for item in error.missing:
         size = _size_text(item.size_bytes)
         flag = flags.get(item.model, "")
         if item.explicit:

@@ -82,18 +82,21 @@ def command_output(
 
 @contextlib.contextmanager
 def _fiftyone_quiet(quiet: bool) -> Iterator[None]:
-    """Raises FiftyOne's log level to WARNING and hides its progress bars (when ``quiet``)."""
+    """Raises the log level of FiftyOne (and of its eta package) to WARNING and hides FiftyOne's
+    progress bars, when ``quiet``."""
     if not quiet:
         yield
         return
     import fiftyone as fo
 
-    fiftyone_logger = logging.getLogger("fiftyone")
-    saved = (fiftyone_logger.level, fo.config.show_progress_bars)
-    fiftyone_logger.setLevel(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("fiftyone", "eta")]  # FiftyOne's own
+    saved = ([each.level for each in loggers], fo.config.show_progress_bars)
+    for each in loggers:
+        each.setLevel(logging.WARNING)
     fo.config.show_progress_bars = False
     try:
         yield
     finally:
-        fiftyone_logger.setLevel(saved[0])
+        for each, level in zip(loggers, saved[0], strict=True):
+            each.setLevel(level)
         fo.config.show_progress_bars = saved[1]

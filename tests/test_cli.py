@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import warnings
@@ -11,7 +12,7 @@ import fiftyone as fo
 import pytest
 
 from refseg.cli import main
-from refseg.console import MONGODB_NOTICE
+from refseg.console import MONGODB_NOTICE, command_output, mongodb_notice_dropped
 from refseg.models import RandomWeightsWarning, dinov2_spec, sam2_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +174,34 @@ def test_quiet_and_verbose_exclude_each_other(capsys):
         main(["demo", "--smoke", "--quiet", "--verbose"])
     assert done.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_only_fiftyones_mongodb_6_notice_is_dropped(caplog) -> None:
+    database = logging.getLogger("fiftyone.core.odm.database")
+    other = "Your MongoDB feature compatibility is greater than your server version."
+    with caplog.at_level(logging.WARNING, logger=database.name):
+        with mongodb_notice_dropped():
+            database.warning(f"{MONGODB_NOTICE}. Please refer to https://deprecation.voxel51.com")
+            database.warning(other)
+        database.warning(f"{MONGODB_NOTICE} (after the block)")
+    assert [r.getMessage() for r in caplog.records] == [
+        other,
+        f"{MONGODB_NOTICE} (after the block)",
+    ]
+
+
+def test_quiet_settings_last_only_for_the_command() -> None:
+    fiftyone_logger = logging.getLogger("fiftyone")
+    before = (
+        fo.config.show_progress_bars,
+        fiftyone_logger.level,
+        logging.getLogger("refseg").level,
+    )
+    with command_output(quiet=True):
+        assert fo.config.show_progress_bars is False
+        assert fiftyone_logger.level == logging.getLogger("refseg").level == logging.WARNING
+    after = (fo.config.show_progress_bars, fiftyone_logger.level, logging.getLogger("refseg").level)
+    assert after == before
 
 
 def test_random_weight_warnings_point_at_the_callers_line() -> None:
