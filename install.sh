@@ -133,7 +133,7 @@ with_heartbeat() {
 install_packages() {
     say "2/4 pip-installing requirements.txt and refseg (editable) into $PY"
     say "    about 6.5 GB and 5 to 10 minutes on a fresh machine, most of it torch's CUDA libraries"
-    say "    (see README: Troubleshooting, for a CPU-only torch of about 1 GB)"
+    say "    (README, Troubleshooting: a CPU-only environment of about 1.8 GB)"
     with_heartbeat "$PY" -m pip install -r "$REPO_DIR/requirements.txt"
     if [[ "$WITH_TESTS" == 1 ]]; then
         with_heartbeat "$PY" -m pip install -e "$REPO_DIR[test]"
