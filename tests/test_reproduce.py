@@ -1,4 +1,4 @@
-"""``python -m refseg.reproduce`` end to end on tiny COCO-format fixtures written here.
+"""``refseg reproduce`` end to end on tiny COCO-format fixtures written here.
 
 The fast tests inject the deterministic stand-ins (``Components``); the ``slow`` one runs the
 command with random-weight SAM2.1 Hiera-T and DINOv2 ViT-S/14.
@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 from stand_ins import PaletteEncoder, ShapeProposer
 
 import refseg
+from refseg import cli as refseg_cli
 from refseg.config import (
     PAPER_EVALUATE,
     PAPER_PREDICT,
@@ -404,10 +405,10 @@ def test_command_with_random_weight_models(custom_files, dataset_name, capsys):
             "--images", str(root / "images"), "--dataset-name", dataset_name, "--quiet", "--random-weights",
             "--sam2", "sam2.1_hiera_tiny", "--dinov2", "dinov2_vits14", "--points-per-side", "4",
             "--shots", "1", "--limit", "1", "--device", "cpu", "--num-workers", "0"]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert refseg_cli.main(["reproduce", *argv]) == 0
     first = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in first and "LIMITED" in first and "fiftyone app launch" in first
-    assert cli.main(argv) == 0  # everything stored: a re-run only reprints
+    assert refseg_cli.main(["reproduce", *argv]) == 0  # everything stored: a re-run only reprints
     (job,) = summary_of(root, dataset_name)["jobs"].values()
     assert all(step.startswith("skipped") for step in job["steps"].values())
     assert capsys.readouterr().out == first

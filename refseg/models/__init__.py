@@ -56,6 +56,8 @@ from refseg.models.weights import (
     RANDOM_WEIGHTS,
     CheckpointError,
     CheckpointMismatchError,
+    MissingWeights,
+    RandomWeightsWarning,
     WeightsCorruptError,
     WeightsNotFoundError,
     file_digest,
@@ -78,11 +80,14 @@ __all__ = [
     "DecoderKind",
     "Dinov2Encoder",
     "Dinov2Spec",
+    "MissingWeights",
     "ModelCache",
     "ModelEntry",
     "ModelKey",
     "ModelRegistry",
     "Models",
+    "MissingWeights",
+    "RandomWeightsWarning",
     "Sam2Embedding",
     "Sam2Proposer",
     "Sam2Spec",
@@ -108,12 +113,13 @@ def require_weights(models: Models, *, hint: str = "") -> None:
 
     Raises:
         WeightsNotFoundError: one message listing every missing file and where to put it,
-            followed by ``hint``.
+            followed by ``hint``; its ``missing`` names each file with its model and size.
     """
     try:
         models.weight_files()
     except WeightsNotFoundError as error:
-        raise WeightsNotFoundError(f"{error}\n{hint}" if hint else str(error)) from None
+        message = f"{error}\n{hint}" if hint else str(error)
+        raise WeightsNotFoundError(message, error.missing) from None
 
 
 def default_device() -> torch.device:

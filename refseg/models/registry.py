@@ -21,6 +21,25 @@ _SAM2_0_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824"
 _SAM2_1_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
+# Sizes in bytes of Meta's checkpoint files, as FiftyOne's model zoo lists them ("size_bytes" in
+# fiftyone/zoo/models/manifest-torch.json of FiftyOne 1.22, whose SAM2 entries download these same
+# URLs and whose DINOv2 entries load these same files through torch.hub). That manifest gives
+# sam2.1_hiera_tiny.pt the same size as sam2_hiera_tiny.pt; no other source was found to check it.
+_SIZE_BYTES = {
+    "sam2_hiera_tiny.pt": 155_906_050,
+    "sam2_hiera_small.pt": 184_309_650,
+    "sam2_hiera_base_plus.pt": 323_493_298,
+    "sam2_hiera_large.pt": 897_952_466,
+    "sam2.1_hiera_tiny.pt": 155_906_050,
+    "sam2.1_hiera_small.pt": 184_416_285,
+    "sam2.1_hiera_base_plus.pt": 323_606_802,
+    "sam2.1_hiera_large.pt": 898_083_611,
+    "dinov2_vits14_pretrain.pth": 88_283_115,
+    "dinov2_vitb14_pretrain.pth": 346_378_731,
+    "dinov2_vitl14_pretrain.pth": 1_217_586_395,
+    "dinov2_vitg14_pretrain.pth": 4_546_108_579,
+}
+
 
 @dataclass(frozen=True)
 class Sam2Spec:
@@ -32,6 +51,7 @@ class Sam2Spec:
             ``"configs/sam2.1/sam2.1_hiera_t.yaml"``.
         filename: Meta's checkpoint file name (a ``{"model": state_dict}`` torch file).
         url: where Meta publishes that file.
+        size_bytes: that file's size in bytes (None where unknown).
         image_size: side of the square input frame, pixels.
         mask_size: side of the square low-resolution mask grid the decoder outputs.
         mean, std: per-channel RGB normalisation applied to [0, 1] inputs.
@@ -42,6 +62,7 @@ class Sam2Spec:
     config: str
     filename: str
     url: str
+    size_bytes: int | None = None
     image_size: int = 1024
     mask_size: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -60,6 +81,7 @@ class Dinov2Spec:
             timm converts on load).
         url: where Meta publishes that file.
         dim: feature dimension D of the patch tokens.
+        size_bytes: the file's size in bytes (None where unknown).
         input_size: side of the square input, pixels.
         patch_size: side of one patch, pixels.
         mean, std: per-channel RGB normalisation applied to [0, 1] inputs.
@@ -71,6 +93,7 @@ class Dinov2Spec:
     filename: str
     url: str
     dim: int
+    size_bytes: int | None = None
     input_size: int = 518
     patch_size: int = 14
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -91,6 +114,7 @@ def _sam2(version: str, size: str, config_size: str, url: str) -> Sam2Spec:
         config=f"configs/{version}/{version}_hiera_{config_size}.yaml",
         filename=filename,
         url=f"{url}/{filename}",
+        size_bytes=_SIZE_BYTES.get(filename),
     )
 
 
@@ -103,6 +127,7 @@ def _dinov2(arch: str, timm_size: str, dim: int) -> Dinov2Spec:
         filename=filename,
         url=f"{_DINOV2_URL}/{name}/{filename}",
         dim=dim,
+        size_bytes=_SIZE_BYTES.get(filename),
     )
 
 

@@ -17,7 +17,6 @@ weights file.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +31,7 @@ from refseg.models.weights import (
     file_digest,
     resolve_checkpoint,
     same_weights,
+    warn_random_weights,
     weights_label,
 )
 
@@ -180,17 +180,24 @@ class Models:
         Raises:
             WeightsNotFoundError: one message listing every missing file and where to put it.
         """
-        found, problems = {}, []
+        found, problems, missing = {}, [], []
         for kind in ("proposer", "encoder"):
+            entry = model_entry(kind, self._name(kind))
             try:
                 path = self._checkpoint(kind)
             except WeightsNotFoundError as error:
                 problems.append(str(error))
+                missing += [
+                    dataclasses.replace(item, model=entry.name, size_bytes=entry.size_bytes)
+                    for item in error.missing
+                ]
                 continue
             if path is not None:
                 found[kind] = path
         if problems:
-            raise WeightsNotFoundError("model weights are missing:\n- " + "\n- ".join(problems))
+            raise WeightsNotFoundError(
+                "model weights are missing:\n- " + "\n- ".join(problems), missing
+            )
         return found
 
     # -- building ---------------------------------------------------------------------------
@@ -247,11 +254,7 @@ class Models:
         if expect is not None:
             _check_label(entry, label, expect.get("weights"))
         if checkpoint is None:
-            warnings.warn(
-                f"{entry.name} has random weights: its outputs are meaningless; use it only "
-                "for tests",
-                stacklevel=3,
-            )
+            warn_random_weights(entry.name)
         key = ModelKey(
             kind,
             entry.name,

@@ -12,10 +12,14 @@ import contextlib
 import hashlib
 import http.client
 import logging
+import os
 import pickle
+import sys
+import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,64 @@ RANDOM_WEIGHTS = f"random(seed={_RANDOM_SEED})"
 """The ``identity["weights"]`` of a model built with ``pretrained=False``."""
 
 
+@dataclass(frozen=True)
+class MissingWeights:
+    """One checkpoint file that is neither where it was looked for nor downloadable.
+
+    Attributes:
+        filename: the official file name, e.g. ``"sam2.1_hiera_large.pt"``.
+        path: where it was looked for: the explicit ``checkpoint`` path, or the model zoo
+            directory joined with ``filename`` (where a fetched copy belongs).
+        url: the official download URL.
+        explicit: True when ``path`` is a path the caller passed (``checkpoint=``).
+        reason: why the download failed; None for an explicit path (nothing is downloaded).
+        model: the registry name of the model, when known (else "").
+        size_bytes: the file's size in bytes, when known.
+    """
+
+    filename: str
+    path: Path
+    url: str
+    explicit: bool = False
+    reason: str | None = None
+    model: str = ""
+    size_bytes: int | None = None
+
+
 class WeightsNotFoundError(FileNotFoundError):
-    """A model's checkpoint file is neither at the given path, in the zoo dir, nor downloadable."""
+    """A model's checkpoint file is neither at the given path, in the zoo dir, nor downloadable.
+
+    Attributes:
+        missing: one :class:`MissingWeights` per missing file, for callers (such as the command
+            line) that word their own message.
+    """
+
+    def __init__(self, message: str, missing: Sequence[MissingWeights] = ()) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built with random weights (``pretrained=False``): its outputs are meaningless."""
+
+
+def warn_random_weights(name: str) -> None:
+    """Warns that model ``name`` has random weights, at the first caller outside refseg.
+
+    The warning's location is the user's line that led here (their ``build_memory_bank`` or
+    ``predict`` call, say), not refseg's internals, so Python's default filter shows it once per
+    such line and echoes that line.
+    """
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(package_dir):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"{name} has random weights (pretrained=False): its outputs are meaningless; "
+        "use it only for tests",
+        RandomWeightsWarning,
+        stacklevel=level,
+    )
 
 
 class CheckpointError(RuntimeError):
@@ -80,7 +140,8 @@ def resolve_checkpoint(filename: str, url: str, checkpoint: str | Path | None = 
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"checkpoint={str(checkpoint)!r} is not a file. Pass the path of {filename}, "
-                f"or checkpoint=None to look for it in FiftyOne's model zoo directory."
+                f"or checkpoint=None to look for it in FiftyOne's model zoo directory.",
+                [MissingWeights(filename, path, url, explicit=True)],
             )
         return path
     directory = model_zoo_dir()
@@ -93,7 +154,8 @@ def resolve_checkpoint(filename: str, url: str, checkpoint: str | Path | None = 
     raise WeightsNotFoundError(
         f"Weights file {filename} not found in {directory} and the download from {url} failed "
         f"({failure}). Download it on a machine with a network and place it at {path}, or pass "
-        f"checkpoint='/path/to/{filename}', or pretrained=False for random weights (testing only)."
+        f"checkpoint='/path/to/{filename}', or pretrained=False for random weights (testing only).",
+        [MissingWeights(filename, path, url, reason=failure)],
     )
 
 

@@ -1,10 +1,29 @@
-"""``python -m refseg.reproduce``: the paper's protocols end to end on local data, resumable.
+"""``refseg reproduce``: the paper's protocols end to end on local data, resumable.
 
-    python -m refseg.reproduce coco --coco-root data/coco --shots 30 --seeds 33 \\
-        --sam2-checkpoint checkpoints/sam2_hiera_large.pt \\
-        --dinov2-checkpoint checkpoints/dinov2/dinov2_vitl14_pretrain.pth
-    python -m refseg.reproduce voc --voc-root data/pascal_voc --split 1 --shots 1,5,10
-    python -m refseg.reproduce custom --references refs.json --targets targets.json --images dir/
+Its parser is a subcommand of the one ``refseg`` command line (:mod:`refseg.cli`), which also
+runs as ``python -m refseg reproduce``. Building it imports neither FiftyOne nor torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+The paper's protocols end to end on local data, resumable:
+
+  %(prog)s coco --coco-root data/coco --shots 30 --seeds 33 \\
+      --sam2-checkpoint checkpoints/sam2_hiera_large.pt \\
+      --dinov2-checkpoint checkpoints/dinov2/dinov2_vitl14_pretrain.pth
+  %(prog)s voc --voc-root data/pascal_voc --split 1 --shots 1,5,10
+  %(prog)s custom --references refs.json --targets targets.json --images dir/
 
 Each command loads the COCO-format files into a persistent FiftyOne dataset (once), then runs
 one job per (shots, seed): sample references, build the memory bank, predict, evaluate. It
@@ -20,33 +39,33 @@ Expected files:
           <voc-root>/VOCdevkit/allimages/                    the images (or --images DIR)
   custom: --references JSON (masks, or boxes only: SAM2 makes masks), --targets JSON,
           --images DIR (and --reference-images DIR when the references live elsewhere)
-"""
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
-import hashlib
-import logging
-import os
-import re
-import sys
-from typing import Sequence
+Run '%(prog)s PROTOCOL --help' for the options (docs/reproduce.md has more)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from refseg.models import WeightsNotFoundError
+def execute(args: argparse.Namespace) -> int:
+    """Runs a parsed ``refseg reproduce PROTOCOL ...`` command line; returns the exit status."""
+    from refseg.cli import RANDOM_WEIGHTS_NOTICE, check_model_flags, fail, weights_message
+    from refseg.console import command_output
+    from refseg.models import RandomWeightsWarning, WeightsNotFoundError
 
-    try:
-        settings = settings_from_args(args)
-        if not settings.preset.models.random:
-            _check_weights(settings.preset.models)
-        print(run(args, settings))
-    except (WeightsNotFoundError, ValueError) as error:
-        print(f"refseg.reproduce: {error}", file=sys.stderr)
-        return 2
+    silenced = (RandomWeightsWarning,) if args.random_weights else ()
+    with command_output(quiet=args.quiet, verbose=args.verbose, silenced=silenced):
+        names = _model_names(args)
+        try:
+            check_model_flags(args, *names)
+            settings = settings_from_args(args)
+            if settings.preset.models.random:
+                logger.warning(RANDOM_WEIGHTS_NOTICE)
+            else:
+                _check_weights(settings.preset.models)
+            print(run(args, settings))
+        except WeightsNotFoundError as error:
+            flags = {names[0]: "--sam2-checkpoint", names[1]: "--dinov2-checkpoint"}
+            hint = "For a smoke run without weights add --random-weights (meaningless numbers)."
+            return fail(args, weights_message(error, flags, hint))
+        except ValueError as error:
+            return fail(args, str(error))
     return 0
 
 
@@ -60,7 +79,7 @@ def run(args: argparse.Namespace, settings, components=None) -> str:
 
     protocol, sources, dataset_name, out_dir = _setup(args)
     dataset = data_module.load_coco_dataset(dataset_name, sources, progress=not args.quiet)
-    if args.command == "custom":
+    if args.protocol == "custom":
         targets = dataset.match_tags(data_module.TARGETS)
         protocol = custom_protocol(protocol.name, masks=all_have_masks(targets))
     summary_path = os.path.join(out_dir, f"{dataset_name}.summary.json")
@@ -84,7 +103,7 @@ def _setup(args: argparse.Namespace):
     from refseg.reproduce import protocols
     from refseg.reproduce.data import REFERENCES, TARGETS, CocoSource
 
-    if args.command == "coco":
+    if args.protocol == "coco":
         root = args.coco_root
         ann = os.path.join(root, "annotations")
         train, val = (os.path.join(root, "annotations", f"instances_{s}.json")
@@ -96,7 +115,7 @@ def _setup(args: argparse.Namespace):
         ]  # fmt: skip
         name = args.dataset_name or "refseg-coco-fsod"
         return protocols.COCO_FSOD, sources, name, args.out_dir or root
-    if args.command == "voc":
+    if args.protocol == "voc":
         root = args.voc_root
         images = args.images or os.path.join(root, "VOCdevkit", "allimages")
         ann = os.path.join(root, "annotations")
@@ -117,9 +136,23 @@ def _setup(args: argparse.Namespace):
     return protocols.custom_protocol(name), sources, dataset_name, out_dir
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The parsed command line (``sys.argv[1:]`` when None)."""
-    return _parser().parse_args(argv)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parses the words after ``refseg reproduce`` (e.g. ``["custom", "--references", ...]``)."""
+    from refseg.cli import build_parser
+
+    return build_parser().parse_args(["reproduce", *argv])
+
+
+def _preset(args: argparse.Namespace):
+    from refseg.presets import DEFAULT, PAPER
+
+    return PAPER if args.settings == "paper" else DEFAULT
+
+
+def _model_names(args: argparse.Namespace) -> tuple[str, str]:
+    """The SAM2 and DINOv2 names in use: the flags, else those of ``--settings``."""
+    base = _preset(args).models
+    return args.sam2 or base.proposer, args.dinov2 or base.encoder
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -127,10 +160,9 @@ def settings_from_args(args: argparse.Namespace):
     ``--settings`` (``refseg.PAPER`` or ``refseg.DEFAULT``) with the model and grid options over
     it."""
     from refseg.models import Models
-    from refseg.presets import DEFAULT, PAPER
     from refseg.reproduce.runner import RunSettings
 
-    preset = PAPER if args.settings == "paper" else DEFAULT
+    preset = _preset(args)
     models = Models.of(
         sam2=args.sam2, dinov2=args.dinov2, sam2_checkpoint=args.sam2_checkpoint,
         dinov2_checkpoint=args.dinov2_checkpoint,
@@ -147,13 +179,10 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def _check_weights(models) -> None:
-    """Resolves both checkpoints up front and reports every missing file at once."""
+    """Resolves every weights file up front and reports every missing file at once."""
     from refseg.models import require_weights
 
-    require_weights(
-        models,
-        hint="For a smoke run without weights add --random-weights (meaningless numbers).",
-    )
+    require_weights(models)
 
 
 def _ints(text: str) -> list[int]:
@@ -163,22 +192,44 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m refseg.reproduce",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def add_parser(
+    commands: argparse._SubParsersAction,
+    output: argparse.ArgumentParser,
+    formatter_class: type[argparse.HelpFormatter],
+) -> None:
+    """Adds ``reproduce`` with its protocols ``coco``, ``voc`` and ``custom`` to ``commands``.
+
+    Args:
+        commands: the subcommands of the ``refseg`` parser.
+        output: the parent parser with ``--quiet`` and ``--verbose``.
+        formatter_class: the help formatter of the ``refseg`` parser.
+    """
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="the paper's benchmarks on local data: coco, voc or your own COCO files",
+        description=DESCRIPTION,
+        formatter_class=formatter_class,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    coco = commands.add_parser("coco", help="COCO-FSOD: 20 novel classes, val2017, nAP")
-    coco.add_argument("--coco-root", default="data/coco", help="COCO 2017 root (layout above)")
-    voc = commands.add_parser("voc", help="PASCAL VOC few-shot: one novel split, nAP50")
-    voc.add_argument("--voc-root", default="data/pascal_voc", help="VOC root (layout above)")
+    protocols = reproduce.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+
+    def protocol(name: str, help: str) -> argparse.ArgumentParser:
+        return protocols.add_parser(
+            name, help=help, description=help, parents=[output], formatter_class=formatter_class
+        )
+
+    coco = protocol("coco", "COCO-FSOD: 20 novel classes, val2017, nAP")
+    coco.add_argument(
+        "--coco-root", default="data/coco", help="COCO 2017 root (see reproduce --help)"
+    )
+    voc = protocol("voc", "PASCAL VOC few-shot: one novel split, nAP50")
+    voc.add_argument(
+        "--voc-root", default="data/pascal_voc", help="VOC root (see reproduce --help)"
+    )
     voc.add_argument("--split", type=int, choices=(1, 2, 3), required=True, help="novel split")
     voc.add_argument(
-        "--images", default=None, help="image directory (default <voc-root>/VOCdevkit/allimages)"
+        "--images", default=None, help="image directory (default: <voc-root>/VOCdevkit/allimages)"
     )
-    custom = commands.add_parser("custom", help="your references json + targets json + images")
+    custom = protocol("custom", "your references json + targets json + images")
     add = custom.add_argument
     add("--references", required=True, help="COCO json of the references; its classes are the set")
     add("--targets", required=True, help="COCO json of the targets (ground truth)")
@@ -186,12 +237,12 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--reference-images",
         default=None,
-        help="the references' image directory (default --images)",
+        help="the references' image directory (default: --images)",
     )
-    add("--name", default="custom", help="names the runs and fields (default 'custom')")
+    add("--name", default="custom", help="names the runs and fields")
     for command, settings in ((coco, "paper"), (voc, "paper"), (custom, "product")):
         _add_job_options(command, settings)
-    return parser
+        command.set_defaults(handler=execute)
 
 
 def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
@@ -203,19 +254,18 @@ def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
             "comma-separated K values (default: the protocol's; custom: every reference of the file)"
         ),
     )
-    add("--seeds", default=None, help="comma-separated sampling seeds (default 33)")
+    add("--seeds", default=None, help="comma-separated sampling seeds (default: 33)")
     add(
         "--settings",
         choices=("paper", "product"),
         default=settings,
         help=(
-            "paper = PAPER_REFERENCE/PAPER_PREDICT/PAPER_EVALUATE with SAM 2.0 Hiera-L + DINOv2 "
-            "ViT-L/14; product = "
-            f"the fixed defaults with SAM 2.1 Hiera-L (default {settings})"
+            "paper = refseg.PAPER (SAM 2.0 Hiera-L + DINOv2 ViT-L/14, the published settings, "
+            "the research code's COCO boxes); product = refseg.DEFAULT (SAM 2.1 Hiera-L)"
         ),
     )
-    add("--sam2", default=None, help="SAM2 model name (default from --settings)")
-    add("--dinov2", default=None, help="DINOv2 model name (default from --settings)")
+    add("--sam2", default=None, help="SAM2 model name (default: from --settings)")
+    add("--dinov2", default=None, help="DINOv2 model name (default: from --settings)")
     add(
         "--sam2-checkpoint", default=None, help="SAM2 weights, e.g. checkpoints/sam2_hiera_large.pt"
     )
@@ -227,13 +277,12 @@ def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
     add(
         "--random-weights",
         action="store_true",
-        help="random weights: smoke run, meaningless numbers",
+        help="random weights instead of the weight files (smoke run; meaningless numbers)",
     )
-    add("--points-per-side", type=int, default=None, help="prompt grid density (paper 32)")
+    add("--points-per-side", type=int, default=None, help="prompt grid density (default: 32)")
     add("--limit", type=int, default=None, help="predict and evaluate only the first N targets")
-    add("--device", default=None, help="torch device (default cuda if available)")
+    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add("--batch-size", type=int, default=1, help="target images per batch")
     add("--num-workers", type=int, default=None, help="image-decoding processes")
     add("--dataset-name", default=None, help="FiftyOne dataset to load into / resume from")
-    add("--out-dir", default=None, help="where the summary JSON goes (default next to the data)")
-    add("--quiet", action="store_true", help="no progress bars")
+    add("--out-dir", default=None, help="where the summary JSON goes (default: next to the data)")
