@@ -150,8 +150,8 @@ def test_a_missing_explicit_checkpoint_names_its_flag(empty_model_zoo, tmp_path,
     [
         (["--random-weights", "--sam2-checkpoint", "x.pt"], "--random-weights (or --smoke) and"),
         (["--smoke", "--dinov2-checkpoint", "x.pth"], "--sam2-checkpoint / --dinov2-checkpoint"),
-        (["--random-weights", "--sam2", "sam3"], "--sam2: Unknown SAM2 proposer 'sam3'"),
-        (["--random-weights", "--dinov2", "vit"], "--dinov2: Unknown DINOv2 encoder 'vit'"),
+        (["--random-weights", "--sam2", "sam3"], "--sam2: Unknown proposer 'sam3'"),
+        (["--random-weights", "--dinov2", "vit"], "--dinov2: Unknown encoder 'vit'"),
     ],
 )
 def test_contradictions_and_unknown_models_name_the_flags(extra, expected, capsys, dataset_name):
@@ -211,13 +211,20 @@ def test_quiet_settings_last_only_for_the_command() -> None:
 
 def test_random_weight_warnings_point_at_the_callers_line() -> None:
     """Not at refseg's internals: the user's call is the line a warning shows and dedupes on."""
-    from refseg.models import _check_weights_args
+    from types import SimpleNamespace
+
+    from refseg.models import RANDOM, ModelEntry, Models, register_model
     from refseg.models.weights import warn_random_weights
 
+    def build(checkpoint, label, device):
+        return SimpleNamespace(identity={"name": "test_warning_encoder", "weights": label})
+
+    register_model(ModelEntry("encoder", "test_warning_encoder", build=build), overwrite=True)
+    models = Models(encoder="test_warning_encoder", encoder_weights=RANDOM)
     with pytest.warns(RandomWeightsWarning) as direct:
         warn_random_weights("dinov2_vits14")
     with pytest.warns(RandomWeightsWarning) as nested:
-        _check_weights_args("sam2.1_hiera_tiny", None, False)  # as build_proposer calls it
+        models.build_component("encoder", device="cpu")  # as build_memory_bank and predict do
     for record in (direct, nested):
         assert [Path(w.filename) for w in record] == [Path(__file__)]
         assert issubclass(record[0].category, UserWarning)

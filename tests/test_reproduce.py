@@ -297,7 +297,7 @@ def test_resumes_after_the_bank_and_after_some_predictions(custom_files, dataset
         lambda view, *a, **k: (
             calls["predicted"].append(len(view.exists(a[1], False))),
             real_predict(view, *a, **k),
-        ),
+        )[1],
     )
     table = run_custom(root, dataset_name)
     assert calls == {"build": 1, "predicted": [5, 5, 3]}
