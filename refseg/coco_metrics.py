@@ -17,8 +17,9 @@ Conventions (the ones of COCO and detectron2, so numbers compare with papers):
   and ``segmentation``, loaded once with ``COCO.loadRes`` and used for both evaluations.
   ``loadRes`` then sets every result's ``area`` to its box area ``w * h``, so the area ranges
   (small / medium / large) of the ``"segm"`` statistics also sort results by box area. The
-  ground truth's ``area`` is its mask area, used by both evaluations (COCO's annotation files
-  store the segmentation's area; the research code reads that stored value).
+  ground truth's ``area`` is the label's ``area`` attribute where it has one (the value of the
+  annotation file, which the research code reads and which ``refseg reproduce`` stores on each
+  label), else its mask's pixel area; both evaluations use it.
 - ``legacy_coco_box=True`` gives each bbox result the research code's box, measured on the
   result's mask with inclusive maxima: ``[x1, y1, x2 - x1, y2 - y1]`` with x2, y2 the last
   mask column and row, one pixel short of the tight box (its area is then the short box's
@@ -342,9 +343,19 @@ def _gt_annotation(
         "category_id": category_ids[det.label],
         "bbox": _absolute_box(det, record),
         "segmentation": rle,
-        "area": float(mask_utils.area(rle)),
+        "area": _gt_area(det, rle),
         "iscrowd": int(bool(det.get_attribute_value("iscrowd", False))),
     }
+
+
+def _gt_area(det: fo.Detection, rle: dict) -> float:
+    """A ground-truth object's COCO ``area``: the label's ``area`` attribute where it has one
+    (``refseg reproduce`` stores each annotation file's own value there, as the research code
+    read it from the file), else its mask's pixel area."""
+    stored = det.get_attribute_value("area", None)
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool) and stored >= 0:
+        return float(stored)
+    return float(mask_utils.area(rle))
 
 
 def _result(

@@ -128,21 +128,25 @@ def reference_stats(
     legacy_box: bool = False,
     segm_results_without_box: bool = False,
     size: tuple[int, int] = (W, H),
+    gt_areas: list[list[float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """pycocotools on COCO dicts built directly from the full masks, fed the research code's
     way: results with box and mask, one ``loadRes``, bbox then segm. ``legacy_box`` gives the
     results the research code's one-pixel-short box; ``segm_results_without_box`` feeds the
-    segm evaluation mask-only results instead (detectron2's way: mask areas), for contrast."""
+    segm evaluation mask-only results instead (detectron2's way: mask areas), for contrast.
+    ``gt_areas`` are the ground truth's areas as an annotation file stores them (default: the
+    mask areas)."""
     names = sorted({o.label for img in (*gt, *preds) for o in img})
     cat = {name: i for i, name in enumerate(names, start=1)}
     images = [{"id": i, "width": size[0], "height": size[1]} for i in range(1, len(gt) + 1)]
     annotations = []
     for image_id, objs in enumerate(gt, start=1):
-        for o in objs:
+        for k, o in enumerate(objs):
+            area = float(o.mask.sum()) if gt_areas is None else gt_areas[image_id - 1][k]
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": cat[o.label],
                 "bbox": tight_box(o.mask), "segmentation": rle(o.mask),
-                "area": float(o.mask.sum()), "iscrowd": int(o.iscrowd),
+                "area": area, "iscrowd": int(o.iscrowd),
             })  # fmt: skip
     coco_gt = COCO()
     coco_gt.dataset = {"images": images, "annotations": annotations,
@@ -230,6 +234,25 @@ def test_area_limit_fixture_separates_box_areas_from_mask_areas() -> None:
     assert np.abs(legacy["bbox"][by_area] - research["bbox"][by_area]).max() > 0.01
     # the boxes do not change what a mask matches: area "all" is the same in all three
     assert mask_areas["segm"][0] == legacy["segm"][0] == research["segm"][0]
+
+
+def test_areas_stored_on_ground_truth_labels_are_the_ones_evaluated() -> None:
+    """An annotation file's ``area`` (a polygon's, not the pixel count) decides the ground
+    truth's area range, as in pycocotools fed that file; ``refseg reproduce`` stores it on
+    the labels as the attribute ``area``."""
+    gt, preds = SCENES["area_limits"]
+    file_areas = [[1100.0, 900.0], [9000.0, 700.0]]  # each across a limit from its mask area
+    recs = records(gt, preds)
+    for record, areas in zip(recs, file_areas):
+        for detection, area in zip(record.ground_truth, areas):
+            detection["area"] = area
+    report = evaluate_records(recs)
+    expected = reference_stats(gt, preds, gt_areas=file_areas)
+    for iou_type in ("bbox", "segm"):
+        for name, value in zip(STAT_NAMES, expected[iou_type]):
+            assert getattr(report, iou_type)[name] == pytest.approx(value, abs=1e-12)
+    by_mask = reference_stats(gt, preds)
+    assert not np.allclose(by_mask["segm"], expected["segm"])  # the stored areas mattered
 
 
 def test_legacy_box_is_one_pixel_short_and_keeps_the_mask() -> None:

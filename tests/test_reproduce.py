@@ -178,6 +178,9 @@ def test_data_import_keeps_boxes_masks_and_crowd(tmp_path, dataset_name):
     with_mask = {d.coco_id for d in labels if d.mask is not None}
     assert with_mask == {a["id"] for a in coco["annotations"] if "segmentation" in a}
     assert [d.coco_id for d in labels if d.iscrowd] == [3]
+    # the file's areas, which COCO evaluation reads, are kept on the labels
+    areas = {a["id"]: a["area"] for a in coco["annotations"]}
+    assert {d.coco_id: d["area"] for d in labels} == areas
     assert (
         set(dataset.get_field_schema()) >= {GT_FIELD, "coco_id"}
         and "refseg_import_boxes" not in dataset.get_field_schema()

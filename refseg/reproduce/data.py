@@ -218,8 +218,32 @@ def _import(dataset: fo.Dataset, source: CocoSource, summary: FileSummary, progr
         only_matching=source.classes is not None,
         progress=progress,
     )
+    imported = dataset.exclude(list(before))
     if kind == "some":
-        _merge_boxes(dataset.exclude(list(before)))
+        _merge_boxes(imported)
+    _store_annotation_areas(imported, source.labels_path)
+
+
+def _store_annotation_areas(view: fo.DatasetView, labels_path: str) -> None:
+    """Copies each annotation's ``area`` from the file onto its label (attribute ``area``).
+
+    FiftyOne's importer drops it; COCO evaluation (and the research code) uses the file's value
+    to sort ground truth into the small / medium / large ranges, so ``refseg.evaluate`` reads it
+    back from the label (``refseg.coco_metrics``).
+    """
+    with open(labels_path) as file:
+        areas = {a["id"]: a["area"] for a in json.load(file).get("annotations", []) if "area" in a}
+    label_ids, coco_ids = view.values(
+        [f"{GT_FIELD}.detections.id", f"{GT_FIELD}.detections.coco_id"]
+    )
+    values = {
+        label_id: float(areas[coco_id])
+        for sample_labels, sample_coco in zip(label_ids, coco_ids)
+        for label_id, coco_id in zip(sample_labels or [], sample_coco or [])
+        if coco_id in areas
+    }
+    if values:
+        view._dataset.set_label_values(f"{GT_FIELD}.detections.area", values)
 
 
 def _merge_boxes(view: fo.DatasetView) -> None:
