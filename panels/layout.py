@@ -70,22 +70,23 @@ def status(panel: types.Object, state) -> None:
 
 
 def action_buttons(
-    panel: types.Object, on_click: Handler, state, num_selected_labels: int, current_sample: bool
+    panel: types.Object, on_click: Handler, state, selection: tuple[bool, int, int]
 ) -> None:
     """The buttons that open refseg operators: on the bank and fields, then on the selected
-    labels."""
+    labels. ``selection``: (a sample is open, samples selected, labels selected)."""
+    current_sample, num_samples, num_labels = selection
     fields = bool(state.get("choice.pred_field") and state.get("choice.gt_field"))
     runs = panel.h_stack("runs", gap=1)
     selected = panel.h_stack("selected", gap=1)
     for action in ACTIONS:
-        on_selection = action.operator == "add_references"
-        disabled = (action.needs_fields and not fields) or (
-            on_selection and not num_selected_labels
-        )
-        label = action.label
+        on_labels = action.operator == "add_references"
+        label, disabled = action.label, action.needs_fields and not fields
         if action.name == "preview":
-            label = "Preview (open sample)" if current_sample else "Preview (selected samples)"
-        (selected if on_selection else runs).btn(
+            label = "Preview sample" if current_sample else f"Preview {num_samples} selected"
+            disabled = not (current_sample or num_samples)
+        elif on_labels:
+            disabled = not num_labels
+        (selected if on_labels else runs).btn(
             action.name,
             label=label,
             on_click=on_click,
@@ -93,7 +94,7 @@ def action_buttons(
             disabled=disabled,
             variant="outlined",
         )
-    selected.md(f"{num_selected_labels} labels selected", name="count")
+    selected.md(f"{num_labels} labels selected", name="count")
 
 
 def view_buttons(panel: types.Object, show_all: Handler, store: Handler, refresh: Handler) -> None:

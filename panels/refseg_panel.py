@@ -41,11 +41,14 @@ class RefsegPanel(foo.Panel):
         ctx.panel.state.clear()
         self._refresh(ctx)
 
+    def on_change_selected(self, ctx):
+        """Nothing to compute: the render after it updates the Preview button."""
+
     def on_change_selected_labels(self, ctx):
-        """Nothing to compute: the render after it updates the count on the add buttons."""
+        """Nothing to compute: the render after it updates the add buttons."""
 
     def on_change_current_sample(self, ctx):
-        """Nothing to compute: the render after it says where Preview runs."""
+        """Nothing to compute: the render after it updates the Preview button."""
 
     def on_change_bank(self, ctx):
         ctx.panel.state.set("choice.bank", ctx.params.get("value"))
@@ -135,9 +138,8 @@ class RefsegPanel(foo.Panel):
             return _property(panel)
         layout.choices(panel, banks, state.fields or [], self.on_change_bank, self.on_change_field)
         layout.status(panel, state)
-        layout.action_buttons(
-            panel, self.open_operator, state, len(ctx.selected_labels), bool(ctx.current_sample)
-        )
+        selection = (bool(ctx.current_sample), len(ctx.selected), len(ctx.selected_labels))
+        layout.action_buttons(panel, self.open_operator, state, selection)
         layout.view_buttons(panel, self.show_all, self.save_thresholds, self.refresh)
         layout.class_cards(
             panel, state.rows or [], state.thresholds or {}, self.on_change_threshold

@@ -137,24 +137,28 @@ def test_load_shows_counts_thresholds_ap_of_the_last_evaluation_and_thumbnails(d
     assert all(_get(state, f"class_{i}.threshold") == 0.0 for i in range(3))
 
 
-def test_render_offers_the_actions_and_needs_selected_labels_to_add(dataset):
+def test_render_offers_the_actions_enabled_by_the_selection(dataset):
     _, state = event(dataset, "on_load")
     requests, _ = event(dataset, "refresh", state)
     props = _properties(of(requests, "show_panel_output")[-1]["output"])
     assert props["choice.bank"]["type"]["values"] == ["bank"]
     assert props["choice.bank"]["on_change"] == f"{PANEL}#on_change_bank"
     assert props["selected.add_negatives"]["view"]["disabled"] is True
+    assert props["runs.preview"]["view"]["disabled"] is True
     assert props["runs.predict"]["view"]["params"] == {"action": "predict"}
     assert props["class_0.threshold"]["on_change"] == f"{PANEL}#on_change_threshold"
     assert props["class_0.thumbs"]["view"]["name"] == "ImageView"
 
     label = dataset.first()[PRED].detections[0]
     selected = [{"label_id": label.id, "sample_id": dataset.first().id, "field": PRED}]
-    ctx = {"dataset": dataset, "selected_labels": selected}
+    ctx = {"dataset": dataset, "selected_labels": selected, "selected": [dataset.first().id]}
     request = {"__method__": "refresh", "panel_id": "panel", "panel_state": state}
     result = foo.execute_operator(PANEL, ctx, params=request)
     output = of(result.executor.to_json()["requests"], "show_panel_output")[-1]["output"]
-    assert _properties(output)["selected.add_negatives"]["view"]["disabled"] is False
+    props = _properties(output)
+    assert props["selected.add_negatives"]["view"]["disabled"] is False
+    assert props["runs.preview"]["view"]["disabled"] is False
+    assert props["runs.preview"]["view"]["label"] == "Preview 1 selected"
 
 
 def test_actions_open_the_operators_prefilled(dataset):
