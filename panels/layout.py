@@ -82,7 +82,9 @@ def action_buttons(
         on_labels = action.operator == "add_references"
         label, disabled = action.label, action.needs_fields and not fields
         if action.name == "preview":
-            label = "Preview sample" if current_sample else f"Preview {num_samples} selected"
+            label = "Preview sample" if current_sample else "Preview"
+            if num_samples and not current_sample:
+                label = f"Preview {num_samples} selected"
             disabled = not (current_sample or num_samples)
         elif on_labels:
             disabled = not num_labels

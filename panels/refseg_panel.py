@@ -51,11 +51,13 @@ class RefsegPanel(foo.Panel):
         """Nothing to compute: the render after it updates the Preview button."""
 
     def on_change_bank(self, ctx):
-        ctx.panel.state.set("choice.bank", ctx.params.get("value"))
-        ctx.panel.state.set({"choice.pred_field": None, "threshold_base": None})
+        """Another bank: its thresholds replace the panel's (the App's view is restored)."""
+        self._restore_view(ctx)
+        ctx.panel.state.set({"choice.bank": ctx.params.get("value"), "choice.pred_field": None})
         self._refresh(ctx)
 
     def on_change_field(self, ctx):
+        self._restore_view(ctx)
         ctx.panel.state.set(ctx.params["path"], ctx.params.get("value"))
         self._refresh(ctx)
 
@@ -114,15 +116,10 @@ class RefsegPanel(foo.Panel):
         state.message = f"Stored the thresholds of {len(thresholds)} classes with '{key}'"
 
     def show_all(self, ctx):
-        """Sets the App's view back to the view the thresholds were applied to."""
-        from fiftyone.server.view import get_view
-
-        from .threshold_views import base_of
-
-        field = ctx.panel.state.get("choice.pred_field")
-        base = base_of(ctx.request_params.get("view"), ctx.panel.state.threshold_base, field)
-        ctx.ops.set_view(view=get_view(ctx.dataset, stages=base))
-        ctx.panel.state.threshold_base = None
+        """Sets the App's view back to the view the thresholds were applied to; the sliders
+        go back to the stored thresholds."""
+        self._restore_view(ctx)
+        self._refresh(ctx)
         ctx.panel.state.message = "Showing every prediction"
 
     # -- render -------------------------------------------------------------------------
@@ -150,7 +147,8 @@ class RefsegPanel(foo.Panel):
 
     def _refresh(self, ctx) -> None:
         """Recomputes what the panel shows of the chosen bank (bank and fields default to the
-        last bank, its predictions field and 'ground_truth' where they exist)."""
+        last bank, its predictions field and 'ground_truth' where they exist). The sliders show
+        the stored thresholds, or the panel's while the App's view is filtered by them."""
         import refseg
         from refseg.memory import BankFileError
 
@@ -176,17 +174,35 @@ class RefsegPanel(foo.Panel):
             state.set({"rows": [], "evaluation": None, "error": f"**{problem}**"})
             return
         evaluation = overview.evaluation
+        thresholds = {r.name: r.threshold for r in overview.rows if r.threshold}
+        if state.threshold_base is not None:  # the App's view shows the panel's thresholds
+            names = {r.name for r in overview.rows}
+            thresholds = {k: v for k, v in (state.thresholds or {}).items() if k in names}
         updates = {
             "rows": [_row_state(row) for row in overview.rows],
             "evaluation": None if evaluation is None else _evaluation_state(evaluation),
-            "thresholds": {r.name: r.threshold for r in overview.rows if r.threshold},
+            "thresholds": thresholds,
         }
         thumbnails = {}
         for index, row in enumerate(overview.rows):
-            updates[f"class_{index}.threshold"] = row.threshold or 0.0
+            updates[f"class_{index}.threshold"] = thresholds.get(row.name, 0.0)
             thumbnails[f"class_{index}.thumbs"] = row.thumbnails
         state.set(updates)
         ctx.panel.data.set(thumbnails)
+
+    def _restore_view(self, ctx) -> None:
+        """Sets the App's view back to the view the panel's thresholds filter, if they do."""
+        from fiftyone.server.view import get_view
+
+        from .threshold_views import base_of
+
+        state = ctx.panel.state
+        if state.threshold_base is None:
+            return
+        field = state.get("choice.pred_field")
+        base = base_of(ctx.request_params.get("view"), state.threshold_base, field)
+        ctx.ops.set_view(view=get_view(ctx.dataset, stages=base))
+        state.threshold_base = None
 
     def _choice(self, ctx) -> Choice:
         state = ctx.panel.state

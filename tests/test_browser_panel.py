@@ -76,7 +76,7 @@ def test_panel_shows_the_bank_filters_by_threshold_and_adds_a_negative(page, app
         ).wait_for()
     assert panel.locator("img[src^='data:image/png;base64,']").count() == len(CLASSES)
     assert panel.get_by_text(BANK, exact=True).count() >= 1
-    browser._shot(page, "12_panel")
+    browser._shot(page, "12_panel", panel)
 
     # a threshold filters the App's view at once; storing it saves it with the bank
     _move_slider(page, panel, "red_square", 0.8)
@@ -114,8 +114,8 @@ def test_panel_shows_the_bank_filters_by_threshold_and_adds_a_negative(page, app
     page.get_by_role("button", name="Done").or_(page.get_by_role("button", name="Close")).click()
     modal_panel.get_by_text("3 classes; 3 positive, 1 negative references.").wait_for()
     modal_panel.get_by_text(re.compile(rf"^{wrong.label}: 1 positive, 1 negative")).wait_for()
-    modal_panel.locator(f"xpath=.//strong[text()='{wrong.label}']").scroll_into_view_if_needed()
-    browser._shot(page, "15_panel_negative_added")
+    _slider(modal_panel, wrong.label).scroll_into_view_if_needed()  # its card, thumbnails above
+    browser._shot(page, "15_panel_negative_added", modal)
 
     dataset.reload()
     bank = refseg.load_bank(dataset, BANK)
@@ -148,11 +148,16 @@ def _move_slider(page, panel, name: str, value: float) -> None:
     """Clicks the threshold slider of class ``name`` where it means ``value`` (a click
     commits at once; keys would not: each committed step re-renders the slider, which loses
     the focus)."""
-    slider = panel.locator(f"xpath=.//strong[text()='{name}']/following::input[@type='range'][1]")
-    rail = slider.locator("xpath=ancestor::span[contains(@class, 'MuiSlider-root')]")
+    rail = _slider(panel, name)
     rail.scroll_into_view_if_needed()
     box = rail.bounding_box()
     page.mouse.click(box["x"] + value * box["width"], box["y"] + box["height"] / 2)
+
+
+def _slider(panel, name: str):
+    """The threshold slider of class ``name``."""
+    thumb = panel.locator(f"xpath=.//strong[text()='{name}']/following::input[@type='range'][1]")
+    return thumb.locator("xpath=ancestor::span[contains(@class, 'MuiSlider-root')]")
 
 
 def _a_false_positive(view):

@@ -213,19 +213,49 @@ def test_moving_thresholds_filters_the_view_without_stacking_and_stores_on_reque
         f"predictions of '{PRED}'"
     )
 
-    requests, state = event(
-        dataset, "show_all", state, view=get_view(dataset, stages=shown["view"])
-    )
-    (shown,) = of(requests, "set_view")
-    assert _ids(get_view(dataset, stages=shown["view"])) == _ids(base)
+    app_view = get_view(dataset, stages=shown["view"])
+    _, state = event(dataset, "refresh", state, view=app_view)  # e.g. after an operation
+    assert state["thresholds"] == {"red_square": 0.6}  # the view still shows them
+    assert _get(state, f"class_{red}.threshold") == 0.6
 
     assert refseg.load_bank(dataset, "bank").thresholds == {}  # moving stores nothing
-    _, state = event(dataset, "save_thresholds", state)
+    _, state = event(dataset, "save_thresholds", state, view=app_view)
     assert refseg.load_bank(dataset, "bank").thresholds == {"red_square": 0.6}
     assert state["rows"][red]["stored"] == 0.6 and _get(state, f"class_{red}.threshold") == 0.6
+
     refseg.save_bank(
         dataset, "bank", refseg.load_bank(dataset, "bank").with_thresholds(None), overwrite=True
     )
+    requests, state = event(dataset, "show_all", state, view=app_view)
+    (shown,) = of(requests, "set_view")
+    assert _ids(get_view(dataset, stages=shown["view"])) == _ids(base)
+    assert state["thresholds"] == {} and _get(state, f"class_{red}.threshold") == 0.0
+    assert state["threshold_base"] is None
+
+
+def test_choosing_another_bank_restores_the_view_and_shows_that_bank(dataset):
+    refseg.save_bank(dataset, "other", fake_bank(dataset, [labels_of(dataset, "green_disc")[0]]))
+    _, state = event(dataset, "on_load", {"choice": {"bank": "bank"}})
+    assert len(state["rows"]) == 3
+    base = dataset.match_tags("negative", bool=False)
+    requests, state = event(
+        dataset, "on_change_threshold", state, view=base, path="class_0.threshold", value=0.9
+    )
+    (shown,) = of(requests, "set_view")
+    requests, state = event(
+        dataset,
+        "on_change_bank",
+        state,
+        view=get_view(dataset, stages=shown["view"]),
+        path="choice.bank",
+        value="other",
+    )
+    (restored,) = of(requests, "set_view")
+    assert _ids(get_view(dataset, stages=restored["view"])) == _ids(base)
+    assert state["choice"]["bank"] == "other" and state["threshold_base"] is None
+    assert [(r["name"], r["positive"]) for r in state["rows"]] == [("green_disc", 1)]
+    assert state["thresholds"] == {}
+    dataset.delete_run("other")
 
 
 def test_a_dataset_without_banks_offers_to_build_one(tmp_path):
