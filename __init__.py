@@ -1,7 +1,9 @@
-"""The refseg FiftyOne plugin: registers the operators of ``operators/``.
+"""The refseg FiftyOne plugin: registers the operators of ``operators/`` and the panel of
+``panels/``.
 
-FiftyOne re-runs this module when it (re)loads plugins, so it imports only the operator
-classes; they import the ``refseg`` engine (and torch) lazily, inside forms and executions.
+FiftyOne re-runs this module when it (re)loads plugins, so it imports only the operator and
+panel classes; they import the ``refseg`` engine (and torch) lazily, inside forms, events and
+executions.
 """
 
 import importlib.util
@@ -19,6 +21,7 @@ def register(p):
     # Imported here, not at module level: pytest imports this file on its own (the checkout
     # root is collected as a package), where a relative import has no parent package.
     from .operators import OPERATORS
+    from .panels import PANELS
 
-    for operator in OPERATORS:
+    for operator in OPERATORS + PANELS:
         p.register(operator)

@@ -55,10 +55,18 @@ DOC_SHOTS = {
     "07_predict_form",
     "09_predictions",
     "11_evaluate_result",
+    "12_panel",
+    "13_panel_threshold",
+    "15_panel_negative_added",
 }
-"""The screenshots README.md shows."""
+"""The screenshots README.md shows (the panel's are taken by ``test_browser_panel.py``)."""
+
+DOC_COLOURS = 128
+"""Palette of the README's screenshots: the App's flat UI keeps well, the files stay small."""
 
 SECOND = 1000  # Playwright timeouts are in milliseconds
+DIALOG = ".MuiDialog-paper"
+"""The operator browser's and the operator forms' box (the README's screenshots of them)."""
 MODEL_RUN_TIMEOUT = 240 * SECOND
 
 
@@ -188,8 +196,10 @@ def test_app_workflow_through_operator_forms(page, dataset):
     _dismiss_banners(page)
 
     _open_operator_browser(page, "refseg")
-    page.get_by_text("refseg: preview a memory bank").wait_for()
-    _shot(page, "01_operator_browser")
+    listing = page.locator("[data-cy=operators-browser]")
+    for label in _listed_operator_labels():
+        listing.get_by_text(label, exact=True).wait_for()
+    _shot(page, "01_operator_browser", DIALOG)
     page.keyboard.press("Escape")
 
     _open_operator(page, "refseg: sample references")
@@ -209,11 +219,11 @@ def test_app_workflow_through_operator_forms(page, dataset):
     _choose(page, "DINOv2 model", "dinov2_vits14")
     page.get_by_text("Random weights (testing only)").click()
     _choose(page, "Device", "cpu")
-    _shot(page, "04_build_form")
+    _shot(page, "04_build_form", DIALOG)
     _execute(page)
     _shot(page, "05_build_progress")
     page.get_by_text("References:").wait_for(timeout=MODEL_RUN_TIMEOUT)
-    _shot(page, "06_build_result")
+    _shot(page, "06_build_result", DIALOG)
     _close(page)
 
     _open_operator(page, "refseg: predict")
@@ -223,13 +233,14 @@ def test_app_workflow_through_operator_forms(page, dataset):
     _input_after(page, "Max detections").fill("10")
     _choose(page, "Device", "cpu")
     _wait_settled(page)
-    _shot(page, "07_predict_form")
+    _shot(page, "07_predict_form", DIALOG)
     _execute(page)
     page.get_by_text("Detections written").wait_for(timeout=MODEL_RUN_TIMEOUT)
     _shot(page, "08_predict_result")
     _close(page)
     page.wait_for_timeout(3 * SECOND)  # the grid reloads with the new field
-    _shot(page, "09_predictions")
+    page.mouse.move(5, 790)  # no tile hovered
+    _shot(page, "09_predictions", page.locator("[data-cy=fo-grid]"))
 
     _open_operator(page, "refseg: evaluate")
     page.get_by_text("Evaluation key").wait_for()
@@ -238,7 +249,7 @@ def test_app_workflow_through_operator_forms(page, dataset):
     _shot(page, "10_evaluate_form")
     _execute(page)
     page.get_by_text("Mask AP (IoU .50:.95)").wait_for(timeout=MODEL_RUN_TIMEOUT)
-    _shot(page, "11_evaluate_result")
+    _shot(page, "11_evaluate_result", DIALOG)
     _close(page)
 
     dataset.reload()
@@ -316,21 +327,52 @@ def _close(page) -> None:
     page.wait_for_timeout(SECOND)
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, region=None) -> None:
+    """A screenshot of the page in ``ARTIFACTS``; with ``REFSEG_UPDATE_SCREENSHOTS`` set, one
+    of ``DOC_SHOTS`` is also written, compressed, to ``docs/images/``, cropped to ``region``
+    (a CSS selector or a locator; default the whole page)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
     if os.environ.get("REFSEG_UPDATE_SCREENSHOTS") and name in DOC_SHOTS:
-        _compress(path, DOC_IMAGES / f"{name}.png")
+        _compress(path, DOC_IMAGES / f"{name}.png", _box(page, region))
 
 
-def _compress(source: Path, target: Path) -> None:
-    """A 256-colour PNG: the App's flat UI keeps well, and the file stays small."""
+def _box(page, region) -> dict | None:
+    """The box of ``region``: a locator's, or the largest of the elements a selector matches
+    (a dialog that is closing can linger beside the open one)."""
+    if region is None:
+        return None
+    if not isinstance(region, str):
+        return region.bounding_box()
+    boxes = [box for box in (e.bounding_box() for e in page.locator(region).all()) if box]
+    return max(boxes, key=lambda box: box["width"] * box["height"], default=None)
+
+
+def _compress(source: Path, target: Path, box: dict | None) -> None:
+    """A ``DOC_COLOURS``-colour PNG of ``source``, cropped to ``box`` (page pixels)."""
     from PIL import Image
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(source) as image:
-        image.convert("RGB").quantize(colors=256).save(target, optimize=True)
+        image = image.convert("RGB")
+        if box is not None:
+            left, top = max(int(box["x"]), 0), max(int(box["y"]), 0)
+            right = min(int(box["x"] + box["width"]), image.width)
+            bottom = min(int(box["y"] + box["height"]), image.height)
+            image = image.crop((left, top, right, bottom))
+        image.quantize(colors=DOC_COLOURS).save(target, optimize=True)
+
+
+def _listed_operator_labels() -> list[str]:
+    """The labels of the plugin's operators that the operator browser lists."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from operators import OPERATORS
+    finally:
+        sys.path.remove(str(REPO))
+    configs = [operator().config for operator in OPERATORS]
+    return [config.label for config in configs if not config.unlisted]
 
 
 def _free_port() -> int:

@@ -118,10 +118,12 @@ def fake_bank(dataset, key: str, encoder: dict) -> None:
 def test_every_listed_operator_is_registered():
     import yaml
 
-    listed = yaml.safe_load((REPO / "fiftyone.yml").read_text())["operators"]
-    registered = {o.uri for o in foo.list_operators() if o.uri.startswith(PLUGIN)}
-    assert registered == {f"{PLUGIN}/{name}" for name in listed}
-    assert len(listed) == 14
+    manifest = yaml.safe_load((REPO / "fiftyone.yml").read_text())
+    for kind in ("operator", "panel"):
+        listed = manifest[f"{kind}s"]
+        registered = {o.uri for o in foo.list_operators(type=kind) if o.uri.startswith(PLUGIN)}
+        assert registered == {f"{PLUGIN}/{name}" for name in listed}
+    assert len(manifest["operators"]) == 14 and manifest["panels"] == ["refseg_panel"]
 
 
 def test_register_imports_neither_torch_nor_the_engine():
