@@ -158,7 +158,7 @@ def build_memory_bank(
         _check_kept(labels, records, report)
         bank = _assemble(records, prototypes, encoder, proposer, models, config)
         if name is not None:
-            save_bank(dataset, name, bank, overwrite=overwrite)
+            save_bank(dataset, name, bank, overwrite=overwrite, run_id=lock.run_id)
     return bank
 
 

@@ -41,7 +41,14 @@ def write_detections(
         view._dataset.set_values(field, values, key_field="id")
 
 
-def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: bool = False) -> None:
+def save_bank(
+    dataset: fo.Dataset,
+    key: str,
+    bank: MemoryBank,
+    *,
+    overwrite: bool = False,
+    run_id: str | None = None,
+) -> None:
     """Stores a memory bank with the dataset as a custom run named ``key``.
 
     The run's config summarises the bank (classes, positive ``shots`` and ``negatives`` per
@@ -50,13 +57,27 @@ def save_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: boo
     ``dataset.list_runs()`` show it; its results hold the bank file itself (base64, with the
     thresholds), whose checksum :func:`load_bank` verifies.
 
+    Storing takes the bank name's lock (``refseg.locks``), so two saves (or a save and a build)
+    of one name at once cannot interleave and lose the bank: the second is refused. ``run_id``
+    joins a lock this run already holds (``build_memory_bank`` passes its own).
+
     Raises:
         ValueError: ``key`` is not a valid name, or names another run of the dataset (a bank
             without ``overwrite``; any other kind of run always).
+        RunLockedError: another run is writing this bank name.
     """
     from refseg.field_safety import check_bank_name  # field_safety imports this module
+    from refseg.locks import RunLock
 
     check_bank_name(dataset, key, overwrite=overwrite)
+    lock = RunLock(dataset, f"bank:{key}", run_id=run_id, description=f"refseg.save_bank {key!r}")
+    with lock:
+        _store_bank(dataset, key, bank, overwrite=overwrite)
+
+
+def _store_bank(dataset: fo.Dataset, key: str, bank: MemoryBank, *, overwrite: bool) -> None:
+    """Registers the bank's run and writes its results (under the bank name's lock)."""
+    dataset.reload()  # a bank stored by another process meanwhile is seen
     config = dataset.init_run(
         method=BANK_RUN_METHOD,
         classes=list(bank.class_names),

@@ -290,3 +290,20 @@ def test_losing_the_database_stops_with_a_clear_error_and_resume_continues(tmp_p
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_two_saves_of_one_bank_name_cannot_interleave(dataset):
+    bank = refseg.load_bank(dataset, "bank")
+    holder = RunLock(dataset, "bank:bank_saved", description="another save")
+    holder.acquire()
+    try:
+        with pytest.raises(refseg.RunLockedError, match="another save"):
+            refseg.save_bank(dataset, "bank_saved", bank)
+        assert "bank_saved" not in refseg.list_banks(dataset)
+    finally:
+        holder.release()
+    refseg.save_bank(dataset, "bank_saved", bank)
+    refseg.save_bank(
+        dataset, "bank_saved", bank.with_thresholds({"red_square": 0.5}), overwrite=True
+    )
+    assert refseg.load_bank(dataset, "bank_saved").thresholds == {"red_square": 0.5}
