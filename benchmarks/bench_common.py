@@ -23,6 +23,7 @@ from PIL import Image
 from refseg.compare import agreement
 from refseg.config import FAST_PREDICT, PAPER_PREDICT, PredictConfig
 from refseg.models import Dinov2Encoder, Sam2Proposer, build_encoder, build_proposer
+from refseg.precision import PRECISIONS, autocast_dtype, cpu_has_native_bf16
 from refseg.predictions import Predictions
 from refseg.synthetic import CLASSES, random_shapes, render
 from refseg.timing import StageTimer
@@ -87,18 +88,32 @@ def machine(device: torch.device) -> dict:
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
+        # other processes share this machine's CPUs when the first figure exceeds cpu_count
+        "load_average_1_5_15_min": list(os.getloadavg()),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
     return info
 
 
-def path_configs(points_per_side: int, device: torch.device) -> tuple[PredictConfig, PredictConfig]:
+def path_settings(reference: PredictConfig, fast: PredictConfig, device: torch.device) -> dict:
+    """The two paths' settings for the results, with the dtype each autocasts to here."""
+    return {
+        name: {**config.to_dict(), "autocast": str(autocast_dtype(config.precision, device))}
+        for name, config in (("reference", reference), ("fast", fast))
+    }
+
+
+def path_configs(
+    points_per_side: int, device: torch.device, precision: str | None = None
+) -> tuple[PredictConfig, PredictConfig]:
     """The settings of the reference path (the paper's, tight boxes so boxes compare) and of
-    the fast path (``FAST_PREDICT``; large prompt batches pay on GPUs, on a CPU they only raise
-    peak memory)."""
+    the fast path (``FAST_PREDICT``, with ``precision`` when given; large prompt batches pay on
+    GPUs, on a CPU they only raise peak memory)."""
     reference = dataclasses.replace(
         PAPER_PREDICT,
         points_per_side=points_per_side,
@@ -109,6 +124,7 @@ def path_configs(points_per_side: int, device: torch.device) -> tuple[PredictCon
         FAST_PREDICT,
         points_per_side=points_per_side,
         points_batch_size=1024 if device.type == "cuda" else 64,
+        precision=precision or FAST_PREDICT.precision,
     )
     return reference, fast
 
@@ -178,6 +194,12 @@ def benchmark_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="images a batch, fast path")
     parser.add_argument("--num-workers", type=int, default=1, help="decoding workers, fast path")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help=f"fast path precision (default: FAST_PREDICT's, {FAST_PREDICT.precision!r})",
+    )
     parser.add_argument("--out", default=None, help="JSON results file")
     return parser
 

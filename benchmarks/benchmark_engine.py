@@ -36,6 +36,7 @@ from bench_common import (
     benchmark_arguments,
     build_models,
     path_configs,
+    path_settings,
     report,
     results_path,
     summarise,
@@ -140,11 +141,12 @@ def main() -> int:
     proposer, encoder, header = build_models(args)
     device = proposer.device
     bank = synthetic_bank(encoder, proposer)
-    reference_config, fast_config = path_configs(args.points_per_side, device)
+    reference_config, fast_config = path_configs(args.points_per_side, device, args.precision)
     reference_models = (proposer.with_decoder("library"), encoder)
 
     results = {
         **header,
+        "settings": path_settings(reference_config, fast_config, device),
         "excluded": "FiftyOne label building and database writes (see benchmark_predict.py)",
         "runs": {},
     }

@@ -35,6 +35,7 @@ from bench_common import (  # noqa: E402
     benchmark_arguments,
     build_models,
     path_configs,
+    path_settings,
     report,
     results_path,
     summarise,
@@ -128,12 +129,13 @@ def main() -> int:
         tagged, "ground_truth", tag=refseg.DEFAULT_TAG, progress=False, **models
     )
 
+    sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
+    reference_config, fast_config = path_configs(args.points_per_side, device, args.precision)
     results = {
         **header,
+        "settings": path_settings(reference_config, fast_config, device),
         "runs": {},
     }
-    sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
-    reference_config, fast_config = path_configs(args.points_per_side, device)
     for width, height, count in sizes:
         dataset = fo.Dataset(f"bench-{width}x{height}-{uuid.uuid4().hex[:6]}")
         dataset.add_samples(

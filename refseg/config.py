@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 MaskDownsample = Literal["area", "nearest"]
 MergeResolution = Literal["full", "low"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,11 @@ class PredictConfig:
             full-resolution masks of every candidate; "low" measures them on the proposer's
             low-resolution grid and upsamples only the final detections (much faster and
             lighter on large images; results within the tolerance stated in the README).
-        precision: "fp32" (the paper), or "bf16" / "fp16" autocast for the two image encoders
-            and the prompt decoder on CUDA devices (CPU runs stay fp32).
+        precision: autocast of the two image encoders and the prompt decoder. "fp32" (the
+            paper): none. "bf16": bf16 on CUDA and on CPUs. "fp16": fp16 on CUDA (float32
+            elsewhere). "auto": bf16 where the device runs it natively (CUDA compute
+            capability >= 8; CPUs with AVX512-BF16 or AMX), float32 elsewhere
+            (``refseg.precision``).
     """
 
     points_per_side: int = 32
@@ -111,8 +114,8 @@ class PredictConfig:
             self.merge_resolution,
         )
         _require(
-            self.precision in ("fp32", "bf16", "fp16"),
-            "precision must be 'fp32', 'bf16' or 'fp16'",
+            self.precision in ("auto", "fp32", "bf16", "fp16"),
+            "precision must be 'auto', 'fp32', 'bf16' or 'fp16'",
             self.precision,
         )
 
@@ -144,8 +147,9 @@ PAPER_REFERENCE = ReferenceConfig(context_ratio=0.2, mask_downsample="nearest")
 PAPER_PREDICT = PredictConfig(drop_incomplete_point_batch=True, legacy_coco_box=True)
 """Stage 3 settings of the published numbers (all other fields are already the paper's)."""
 
-FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="bf16")
-"""The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 on GPUs."""
+FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="auto")
+"""The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 where the
+device runs it natively."""
 
 PAPER_MODELS = {"sam2": "sam2_hiera_large", "dinov2": "dinov2_vitl14"}
 """The models of the published numbers."""
