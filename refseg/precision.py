@@ -64,10 +64,11 @@ def cpu_has_native_bf16() -> bool:
     return bool(_BF16_CPU_FLAGS & cpu_flags())
 
 
-def cpu_flags(path: str = CPUINFO) -> frozenset[str]:
-    """The feature flags of the first processor listed in ``path`` (empty where unreadable)."""
+def cpu_flags(path: str | None = None) -> frozenset[str]:
+    """The feature flags of the first processor listed in ``path`` (default :data:`CPUINFO`);
+    empty where it cannot be read (not Linux)."""
     try:
-        with open(path) as f:
+        with open(path or CPUINFO) as f:
             for line in f:
                 name, _, value = line.partition(":")
                 if name.strip() in ("flags", "Features"):

@@ -191,9 +191,16 @@ def run_transformer(
 
 
 def predict_iou(decoder: nn.Module, tokens: DecodedTokens) -> torch.Tensor:
-    """(N, M) the predicted IoU of every mask token (single-mask output first)."""
+    """(N, M) float32 predicted IoU of every mask token (single-mask output first).
+
+    The head runs in float32 even under autocast (a few small matrix products): it ranks the
+    proposals, and bf16's 8-bit mantissa would round the IoUs of neighbouring prompts (often
+    within 0.001 of each other) into ties.
+    """
     first_output = 1 if decoder.pred_obj_scores else 0
-    return decoder.iou_prediction_head(tokens.prompt_tokens[:, first_output])
+    token = tokens.prompt_tokens[:, first_output]
+    with torch.autocast(token.device.type, enabled=False):
+        return decoder.iou_prediction_head(token.float())
 
 
 def selected_mask_logits(
