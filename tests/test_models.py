@@ -36,6 +36,7 @@ from refseg.models import (
 )
 from refseg.models import cache as cache_module
 from refseg.models import weights as weights_module
+from refseg.models.sam2_attention import shared_image_to_tokens, tokens_to_image, two_way_block
 from refseg.models.sam2_upscaling import prepare_block_upscaling
 from refseg.proposals import confident_best, propose
 
@@ -425,6 +426,41 @@ def test_shared_decoder_under_bf16_autocast(proposer: Sam2Proposer, pair: torch.
             ):
                 assert x.dtype == torch.float32
                 torch.testing.assert_close(x, y, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_folded_attentions_equal_the_librarys_in_float32(proposer: Sam2Proposer) -> None:
+    """The reduced-precision path's folded attentions, run in float32, against the library's
+    ``TwoWayAttentionBlock`` and ``Attention`` modules (equal up to float rounding)."""
+    transformer = proposer.model.sam_mask_decoder.transformer
+    generator = torch.Generator().manual_seed(6)
+    n, t, hw, c = 3, 8, 64 * 64, 256
+    queries, query_pe = (torch.randn(n, t, c, generator=generator) for _ in range(2))
+    keys = torch.randn(n, hw, c, generator=generator)
+    key_pe = torch.randn(1, hw, c, generator=generator)
+    image = torch.randn(1, hw, c, generator=generator)
+    close = {"rtol": 1e-4, "atol": 1e-4}
+    with torch.inference_mode():
+        second = transformer.layers[1]
+        expected = second(
+            queries=queries, keys=keys, query_pe=query_pe, key_pe=key_pe.expand(n, -1, -1)
+        )
+        got_pair = two_way_block(second, queries, keys, query_pe, key_pe)
+        for got, want in zip(got_pair, expected, strict=True):
+            torch.testing.assert_close(got, want, **close)
+        final = transformer.final_attn_token_to_image
+        torch.testing.assert_close(
+            tokens_to_image(final, queries, keys + key_pe, keys),
+            final(q=queries, k=keys + key_pe, v=keys),
+            **close,
+        )
+        to_tokens = transformer.layers[0].cross_attn_image_to_token
+        projected = to_tokens.q_proj(image).reshape(1, hw, to_tokens.num_heads, -1).transpose(1, 2)
+        torch.testing.assert_close(
+            shared_image_to_tokens(to_tokens, projected, queries + query_pe, queries),
+            to_tokens(q=image.expand(n, -1, -1), k=queries + query_pe, v=queries),
+            **close,
+        )
 
 
 class _PointsOnly:

@@ -16,8 +16,9 @@ prompt (:func:`run_transformer`, :func:`predict_iou`) and upscales only the mask
 :func:`decode_masks` gives.
 
 Under autocast the state is made in the autocast dtype, so the transformer's residual stream
-stays in it instead of returning to float32 at every addition, and the upscaling runs in that
-dtype end to end (``sam2_upscaling``).
+stays in it instead of returning to float32 at every addition, the image-side attentions are
+folded (``sam2_attention``) and the upscaling runs in that dtype end to end
+(``sam2_upscaling``).
 
 Shapes: C = 256 channels, H x W = 64 x 64 image tokens (HW = 4096), heads h and per-head
 width d of each attention (h * d = C / 2 in SAM2), T prompt-side tokens per prompt, M mask
@@ -32,9 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refseg.models.sam2_attention import shared_image_to_tokens, tokens_to_image, two_way_block
 from refseg.models.sam2_upscaling import BlockUpscaling, prepare_block_upscaling
 
-UPSCALING_CHUNK = 8
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
+"""Autocast dtypes that take the reduced-precision implementations."""
+
+UPSCALING_CHUNK = 4
 """Masks upscaled at a time by :func:`selected_mask_logits` (bounds the (N, C/8, 4H, 4W)
 embedding's memory and keeps it in cache on CPUs; the results do not depend on it)."""
 
@@ -121,7 +126,7 @@ def prepare_decoder_state(
     image_pe = _tokens(prompt_encoder.get_dense_pe()).to(dtype)
     to_image = first.cross_attn_token_to_image
     to_tokens = first.cross_attn_image_to_token
-    reduced = dtype != torch.float32 and decoder.use_high_res_features and high_res is not None
+    reduced = dtype in REDUCED_DTYPES and decoder.use_high_res_features and high_res is not None
     return DecoderImageState(
         image_tokens=image_tokens,
         image_pe=image_pe,
@@ -182,12 +187,17 @@ def run_transformer(
     sparse = sparse.to(state.image_tokens.dtype)
     prompt_tokens = torch.cat((_output_tokens(decoder, len(sparse), sparse.dtype), sparse), dim=1)
     queries, keys = _first_layer(decoder.transformer.layers[0], state, prompt_tokens)
-    key_pe = state.image_pe.expand(len(sparse), -1, -1)
-    for layer in decoder.transformer.layers[1:]:
-        queries, keys = layer(queries=queries, keys=keys, query_pe=prompt_tokens, key_pe=key_pe)
     final = decoder.transformer.final_attn_token_to_image
-    queries = queries + final(q=queries + prompt_tokens, k=keys + key_pe, v=keys)
-    return DecodedTokens(decoder.transformer.norm_final_attn(queries), keys)
+    if _reduced(state):
+        for layer in decoder.transformer.layers[1:]:
+            queries, keys = two_way_block(layer, queries, keys, prompt_tokens, state.image_pe)
+        attended = tokens_to_image(final, queries + prompt_tokens, keys + state.image_pe, keys)
+    else:
+        key_pe = state.image_pe.expand(len(sparse), -1, -1)
+        for layer in decoder.transformer.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=prompt_tokens, key_pe=key_pe)
+        attended = final(q=queries + prompt_tokens, k=keys + key_pe, v=keys)
+    return DecodedTokens(decoder.transformer.norm_final_attn(queries + attended), keys)
 
 
 def predict_iou(decoder: nn.Module, tokens: DecodedTokens) -> torch.Tensor:
@@ -272,16 +282,27 @@ def _first_layer(
     queries = layer.norm3(queries + layer.mlp(queries))
 
     # Image-to-token: the image's queries are shared, the prompt-side keys and values are not.
+    to_tokens = layer.cross_attn_image_to_token
+    if _reduced(state):
+        attended = shared_image_to_tokens(
+            to_tokens, state.first_image_queries, queries + prompt_tokens, queries
+        )
+        return queries, layer.norm4(state.image_tokens + attended)
     # The queries are copied per prompt rather than broadcast: a stride-0 batch has given
     # silently wrong results in a CUDA attention kernel (pytorch/pytorch#191937), and the
     # copy is cheap next to the projection it replaces.
-    to_tokens = layer.cross_attn_image_to_token
     k = _heads(to_tokens.k_proj(queries + prompt_tokens), to_tokens.num_heads)
     v = _heads(to_tokens.v_proj(queries), to_tokens.num_heads)
     image_queries = state.first_image_queries.expand(n, -1, -1, -1).contiguous()
     attended = F.scaled_dot_product_attention(image_queries, k, v)
     keys = layer.norm4(state.image_tokens + to_tokens.out_proj(_merge_heads(attended)))
     return queries, keys
+
+
+def _reduced(state: DecoderImageState) -> bool:
+    """Whether the state was made under bf16 or fp16 autocast (the folded attentions of
+    ``sam2_attention`` then replace the library's on the image side)."""
+    return state.image_tokens.dtype in REDUCED_DTYPES
 
 
 def _masks_and_iou(

@@ -169,7 +169,7 @@ def _check_block_conv(conv: nn.Module) -> None:
 
 
 def _block_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """(C_in, C_out, 2, 2) transposed-convolution weight -> (C_in, 4 * C_out), cols (ky, kx, out)."""
+    """(C_in, C_out, 2, 2) transposed-convolution weight -> (C_in, 4 C_out), cols (ky, kx, out)."""
     c_in = conv.weight.shape[0]
     return conv.weight.permute(0, 2, 3, 1).reshape(c_in, -1)
 
