@@ -148,8 +148,12 @@ def summarise(images: int, wall: float, timer: StageTimer, memory: PeakMemory) -
 def agreement_summary(pairs: list[tuple[Predictions, Predictions]]) -> dict:
     """Totals of ``refseg.compare.agreement`` over (reference, fast) prediction pairs."""
     results = [agreement(reference, fast) for reference, fast in pairs]
+    loose = [agreement(reference, fast, iou_threshold=0.9) for reference, fast in pairs]
     return {
         "matched": sum(r.matched for r in results),
+        # bf16 can swap a detection for a near-duplicate candidate whose predicted IoU was
+        # within rounding of it (random weights give many): those match at this lower IoU
+        "matched_at_mask_iou_0.9": sum(r.matched for r in loose),
         "reference_detections": sum(r.total_a for r in results),
         "fast_detections": sum(r.total_b for r in results),
         "min_mask_iou": float(min((r.min_mask_iou for r in results), default=1.0)),

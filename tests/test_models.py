@@ -547,7 +547,7 @@ def test_block_upscaling_equals_the_decoders_modules(proposer: Sam2Proposer, pai
         image = tokens.transpose(1, 2).reshape(3, 256, 64, 64)
         upscaled = act2(conv2(act1(norm1(conv1(image) + one.high_res[1]))) + one.high_res[0])
         expected = torch.einsum("kc,kchw->khw", hyper, upscaled)
-        got = block.mask_logits(tokens, hyper, chunk=2)
+        got = block.mask_logits(tokens, hyper)
     assert got.shape == (3, 256, 256)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="kernel_size=2, stride=2"):

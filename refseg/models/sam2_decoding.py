@@ -39,9 +39,10 @@ from refseg.models.sam2_upscaling import BlockUpscaling, prepare_block_upscaling
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 """Autocast dtypes that take the reduced-precision implementations."""
 
-UPSCALING_CHUNK = 4
-"""Masks upscaled at a time by :func:`selected_mask_logits` (bounds the (N, C/8, 4H, 4W)
-embedding's memory and keeps it in cache on CPUs; the results do not depend on it)."""
+UPSCALING_CHUNKS = {"cpu": 4, "cuda": 64}
+"""Masks upscaled at a time by :func:`selected_mask_logits`, per device type: a few keep the
+(C/8, 4H, 4W) embeddings in a CPU's cache; on a GPU the chunk only bounds memory. The results
+do not depend on it."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def selected_mask_logits(
     tokens: DecodedTokens,
     prompts: torch.Tensor,
     mask_tokens: torch.Tensor,
-    chunk: int = UPSCALING_CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """The logits of chosen (prompt, mask token) pairs, upscaling only those prompts.
 
@@ -234,24 +235,25 @@ def selected_mask_logits(
         tokens: the transformer outputs of N prompts (:func:`run_transformer`).
         prompts: (K,) int64 prompt indices in [0, N).
         mask_tokens: (K,) int64 mask token of each pair, in [0, M) (0 = single-mask output).
-        chunk: prompts upscaled at a time.
+        chunk: prompts upscaled at a time; default ``UPSCALING_CHUNKS`` of the device.
 
     Returns:
         (K, 4H, 4W) mask logits in the compute dtype.
     """
     decoder = model.sam_mask_decoder
+    kind = tokens.image_tokens.device.type
+    chunk = chunk or UPSCALING_CHUNKS.get(kind, UPSCALING_CHUNKS["cuda"])
     size = (4 * state.grid[0], 4 * state.grid[1])
     if len(prompts) == 0:
         return tokens.image_tokens.new_zeros((0, *size))
     hyper = _hypernetworks(decoder, tokens.prompt_tokens)  # (N, M, C/8), cheap for all
-    if state.upscaling is not None:
-        return state.upscaling.mask_logits(
-            tokens.image_tokens[prompts], hyper[prompts, mask_tokens], chunk
-        )
     masks = []
     for rows, chosen in zip(prompts.split(chunk), mask_tokens.split(chunk), strict=True):
-        image = _image_grid(tokens.image_tokens[rows], state.grid)
-        upscaled = _upscale(decoder, image, high_res).flatten(2)
+        image_tokens = tokens.image_tokens[rows]
+        if state.upscaling is not None:
+            masks.append(state.upscaling.mask_logits(image_tokens, hyper[rows, chosen]))
+            continue
+        upscaled = _upscale(decoder, _image_grid(image_tokens, state.grid), high_res).flatten(2)
         # All M tokens' products, then the chosen one: a one-row product rounds differently.
         logits = hyper[rows] @ upscaled
         masks.append(logits[torch.arange(len(rows), device=rows.device), chosen])

@@ -71,28 +71,22 @@ class BlockUpscaling:
             grid=self.grid,
         )
 
-    def mask_logits(
-        self, image_tokens: torch.Tensor, hyper: torch.Tensor, chunk: int = 8
-    ) -> torch.Tensor:
+    def mask_logits(self, image_tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """One mask per row: the upscaled embedding of its image tokens times its hypernetwork
         output, as ``MaskDecoder.predict_masks`` computes it, in this upscaling's dtype.
 
         Args:
-            image_tokens: (K, HW, C) the transformer's image tokens, row-major.
+            image_tokens: (K, HW, C) the transformer's image tokens, row-major (a few rows at
+                a time: the (K, 16 HW, C2) embedding is held at once).
             hyper: (K, C2) the hypernetwork output of the mask token chosen for each row.
-            chunk: rows upscaled at a time (bounds the memory of the (4H, 4W) embedding and
-                keeps it in cache on CPUs).
 
         Returns:
             (K, 4H, 4W) mask logits in this upscaling's dtype.
         """
         dtype = self.fine.dtype
         with torch.autocast(image_tokens.device.type, enabled=False):  # dtypes are explicit
-            blocks = [
-                self._block_logits(tokens.to(dtype), rows.to(dtype))
-                for tokens, rows in zip(image_tokens.split(chunk), hyper.split(chunk), strict=True)
-            ]
-        return _raster(torch.cat(blocks), self.grid)
+            blocks = self._block_logits(image_tokens.to(dtype), hyper.to(dtype))
+        return _raster(blocks, self.grid)
 
     def _block_logits(self, tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """(k, HW, C) tokens and (k, C2) rows -> (k, 16 * HW) logits in block layout."""
