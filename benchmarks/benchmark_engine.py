@@ -13,8 +13,9 @@ database, is not timed here; ``benchmark_predict.py`` times it (see README.md).
 The two paths, on the same models and images in one process:
 - reference: the paper's settings, one image at a time, the ``sam2`` package's own decoder,
   images decoded in the loop;
-- fast: ``refseg.FAST_PREDICT``, ``--batch-size`` images a batch, the decoder's image work shared,
-  the next batch decoded by ``--num-workers`` threads while the current one runs.
+- fast: ``refseg.FAST_PREDICT`` (``--precision`` to choose its precision), ``--batch-size``
+  images a batch, the decoder's image work shared and only the kept masks upscaled, the next
+  batch decoded by ``--num-workers`` threads while the current one runs.
 The bank holds one synthetic reference per class, encoded with the encoder under test. Results
 go to a JSON file (``--out``, default ``benchmarks/results/engine-<device>.json``) and a table.
 """
