@@ -129,15 +129,17 @@ def path_configs(
     return reference, fast
 
 
-def summarise(images: int, wall: float, timer: StageTimer, memory: PeakMemory) -> dict:
+def summarise(images: int, wall: float, timer: StageTimer, memory: PeakMemory, cpu: float) -> dict:
     """One path's figures: rates, per-stage milliseconds per image, the share of the wall time
-    spent outside the model stages, and peak memory in MiB."""
+    spent outside the model stages, peak memory in MiB, and this process's CPU seconds per
+    image (all threads; steadier than the wall time where other processes share the CPUs)."""
     model_time = sum(timer.seconds.get(stage, 0.0) for stage in MODEL_STAGES)
     return {
         "images": images,
         "wall_s": wall,
         "images_per_s": images / wall,
         "ms_per_image": 1000 * wall / images,
+        "cpu_s_per_image": cpu / images,
         "stage_ms_per_image": {k: 1000 * v / images for k, v in sorted(timer.seconds.items())},
         "share_outside_models": 1.0 - model_time / wall,
         "peak_host_mb": memory.peak_host / 2**20,
@@ -171,6 +173,7 @@ def report(key: str, run: dict) -> None:
     for name in (
         "images_per_s",
         "ms_per_image",
+        "cpu_s_per_image",
         "share_outside_models",
         "peak_host_mb",
         "peak_device_mb",

@@ -123,7 +123,7 @@ def run_path(
     segmenter = Segmenter(*models, bank, config, timer=timer)
     predictions: list[Predictions] = []
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         batches = decoded_batches(paths, segmenter.proposer.image_size, batch_size, workers)
         while True:
             with timer("decode_resize"):
@@ -133,8 +133,8 @@ def run_path(
             predictions.extend(segmenter.segment_batch(*batch))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
-    return summarise(len(paths), wall, timer, memory), predictions
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return summarise(len(paths), wall, timer, memory, cpu), predictions
 
 
 def main() -> int:

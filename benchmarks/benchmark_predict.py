@@ -55,7 +55,7 @@ def run_path(name, view, bank, config, batch_size, num_workers, models, device) 
     timer = StageTimer(device)
     field = f"bench_{name}"
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         refseg.predict(
             view,
             bank,
@@ -68,8 +68,8 @@ def run_path(name, view, bank, config, batch_size, num_workers, models, device) 
             timer=timer,
             **models,
         )
-        wall = time.perf_counter() - start
-    return {"field": field, **summarise(len(view), wall, timer, memory)}
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"field": field, **summarise(len(view), wall, timer, memory, cpu)}
 
 
 def to_predictions(sample, field: str, class_names: tuple[str, ...]) -> Predictions:
