@@ -44,13 +44,10 @@ def shared_image_to_tokens(
     """
     keys, values = _prompt_keys_values(attn, keys, values)
     n, t, heads, width = keys.shape
-    shared = image_queries[0].transpose(0, 1).reshape(-1, heads * width)  # (HW, h d)
-    # Per prompt, a block-diagonal (h T, h d) matrix of its keys scores every head at once.
-    block = keys.new_zeros(n, heads, t, heads, width)
-    index = torch.arange(heads, device=keys.device)
-    block[:, index, :, index, :] = keys.permute(2, 0, 1, 3)  # (h, N, T, d) on the diagonal
-    scores = block.reshape(n * heads * t, -1) @ shared.t()
-    scores = scores.reshape(n, heads * t, -1) * (1.0 / math.sqrt(width))
+    # Per head, all N T prompt keys against the HW shared queries in one product.
+    keys = keys.permute(2, 0, 1, 3).reshape(heads, n * t, width) * (1.0 / math.sqrt(width))
+    scores = keys @ image_queries[0].transpose(1, 2)  # (h, N T, HW)
+    scores = scores.reshape(heads, n, t, -1).transpose(0, 1).reshape(n, heads * t, -1)
     return _image_to_tokens_output(attn, scores, values)
 
 
