@@ -224,10 +224,7 @@ class Sam2Proposer:
                 object-score masking, no clamping).
             iou: (N, 3) float32 predicted IoU in [0, 1].
         """
-        _check_prompts(points, "points", 2)
-        coords = points.to(self.device, torch.float32)[:, None, :]
-        labels = torch.full((len(points), 1), _POSITIVE_POINT, dtype=torch.int, device=self.device)
-        return self._decode(embedding, coords, labels, multimask=True)
+        return self._decode(embedding, *self._point_prompts(points), multimask=True)
 
     @torch.inference_mode()
     def decode_confident_points(
@@ -252,11 +249,9 @@ class Sam2Proposer:
             logits, iou = self.decode_points(embedding, points)
             prompts, outputs = confident_best(iou, pred_iou_thresh)
             return logits[prompts, outputs], iou[prompts, outputs], prompts
-        _check_prompts(points, "points", 2)
         _check_single_image(embedding)
-        coords = points.to(self.device, torch.float32)[:, None, :]
-        labels = torch.full((len(points), 1), _POSITIVE_POINT, dtype=torch.int, device=self.device)
-        sparse, _ = self._model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        points_and_labels = self._point_prompts(points)
+        sparse, _ = self._model.sam_prompt_encoder(points=points_and_labels, boxes=None, masks=None)
         state = embedding.decoder_state
         tokens = run_transformer(self._model, state, sparse)
         iou = predict_iou(self._model.sam_mask_decoder, tokens)[:, 1:]  # the multimask outputs
@@ -285,6 +280,13 @@ class Sam2Proposer:
         labels = labels.expand(len(boxes), -1)
         logits, iou = self._decode(embedding, corners, labels, multimask=False)
         return logits[:, 0], iou[:, 0]
+
+    def _point_prompts(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 2) XY points -> SAM2's (N, 1, 2) float32 coordinates and (N, 1) positive labels."""
+        _check_prompts(points, "points", 2)
+        coords = points.to(self.device, torch.float32)[:, None, :]
+        labels = torch.full((len(points), 1), _POSITIVE_POINT, dtype=torch.int, device=self.device)
+        return coords, labels
 
     def _decode(
         self, embedding: Sam2Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool

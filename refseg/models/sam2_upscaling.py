@@ -5,7 +5,7 @@ with two transposed convolutions of kernel 2 and stride 2, each followed by an a
 high-resolution feature map, a channel LayerNorm after the first and GELUs. Under autocast
 this chain leaves the reduced precision at the LayerNorm (its float32 affine weights promote
 the result) and converts back for the second convolution; on a CPU the casts, the
-channel-first LayerNorm and the broadcast additions of (C/8, 4W, 4W) maps cost more than the
+channel-first LayerNorm and the broadcast additions of (C/8, 4H, 4W) maps cost more than the
 convolutions themselves.
 
 A transposed convolution with kernel = stride = 2 is one matrix product per input pixel, each
