@@ -13,8 +13,9 @@ database, is not timed here; ``benchmark_predict.py`` times it (see README.md).
 The two paths, on the same models and images in one process:
 - reference: the paper's settings, one image at a time, the ``sam2`` package's own decoder,
   images decoded in the loop;
-- fast: ``refseg.FAST_PREDICT``, ``--batch-size`` images a batch, the decoder's image work shared,
-  images decoded by ``--num-workers`` DataLoader processes while a batch runs.
+- fast: ``refseg.FAST_PREDICT`` (``--precision`` to choose its precision), ``--batch-size``
+  images a batch, the decoder's image work shared and only the kept masks upscaled, images
+  decoded by ``--num-workers`` DataLoader processes while a batch runs.
 Both go through ``refseg.segment_stream``, the loop ``refseg.predict`` and every worker use.
 The bank holds one synthetic reference per class, encoded with the encoder under test. Results
 go to a JSON file (``--out``, default ``benchmarks/results/engine-<device>.json``) and a table.
@@ -35,6 +36,7 @@ from bench_common import (
     benchmark_arguments,
     build_models,
     path_configs,
+    path_settings,
     report,
     results_path,
     summarise,
@@ -97,7 +99,7 @@ def run_path(
     segmenter = Segmenter(*models, bank, config, timer=timer)
     predictions: list[Predictions] = []
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         stream = segment_stream(
             segmenter, paths, paths, batch_size=batch_size, num_workers=workers, timer=timer
         )
@@ -107,8 +109,8 @@ def run_path(
             predictions.append(result.predictions)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
-    return summarise(len(paths), wall, timer, memory), predictions
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return summarise(len(paths), wall, timer, memory, cpu), predictions
 
 
 def main() -> int:
@@ -116,11 +118,12 @@ def main() -> int:
     proposer, encoder, header = build_models(args)
     device = proposer.device
     bank = synthetic_bank(encoder, proposer)
-    reference_config, fast_config = path_configs(args.points_per_side, device)
+    reference_config, fast_config = path_configs(args.points_per_side, device, args.precision)
     reference_models = (proposer.with_decoder("library"), encoder)
 
     results = {
         **header,
+        "settings": path_settings(reference_config, fast_config, device),
         "excluded": "FiftyOne label building and database writes (see benchmark_predict.py)",
         "runs": {},
     }

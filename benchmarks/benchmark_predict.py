@@ -9,9 +9,10 @@ Both paths run on the same machine, models and images in one process:
 - reference: the paper's settings (fp32, one image at a time, 256 prompts a batch, the ``sam2``
   package's own mask decoder on a copy of the image per prompt, soft merge on full-resolution
   masks);
-- fast: ``refseg.FAST_PREDICT`` (bf16 autocast on CUDA, 1024 prompts a batch on CUDA and 64 on
-  a CPU, soft merge on low-resolution masks, only final detections upsampled), images batched,
-  the mask decoder's prompt-independent work done once per image.
+- fast: ``refseg.FAST_PREDICT`` (bf16 autocast where the device runs bf16 natively, or the
+  ``--precision`` given; 1024 prompts a batch on CUDA and 64 on a CPU; only the kept masks
+  upscaled; soft merge on low-resolution masks, only final detections upsampled), images
+  batched, the mask decoder's prompt-independent work done once per image.
 With no weight files (``--random-weights``, the default when none are given) the models have the
 real architectures and FLOPs but random weights. Results go to a JSON file (``--out``) and a
 table on stdout; README.md summarises them.
@@ -35,6 +36,7 @@ from bench_common import (  # noqa: E402
     benchmark_arguments,
     build_models,
     path_configs,
+    path_settings,
     report,
     results_path,
     summarise,
@@ -53,7 +55,7 @@ def run_path(name, view, bank, config, batch_size, num_workers, models, device) 
     timer = StageTimer(device)
     field = f"bench_{name}"
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         refseg.predict(
             view,
             bank,
@@ -66,8 +68,8 @@ def run_path(name, view, bank, config, batch_size, num_workers, models, device) 
             timer=timer,
             **models,
         )
-        wall = time.perf_counter() - start
-    return {"field": field, **summarise(len(view), wall, timer, memory)}
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"field": field, **summarise(len(view), wall, timer, memory, cpu)}
 
 
 def to_predictions(sample, field: str, class_names: tuple[str, ...]) -> Predictions:
@@ -128,12 +130,13 @@ def main() -> int:
         tagged, "ground_truth", tag=refseg.DEFAULT_TAG, progress=False, **models
     )
 
+    sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
+    reference_config, fast_config = path_configs(args.points_per_side, device, args.precision)
     results = {
         **header,
+        "settings": path_settings(reference_config, fast_config, device),
         "runs": {},
     }
-    sizes = [(args.width, args.height, args.images)] + ([(4000, 3000, 1)] if args.large else [])
-    reference_config, fast_config = path_configs(args.points_per_side, device)
     for width, height, count in sizes:
         dataset = fo.Dataset(f"bench-{width}x{height}-{uuid.uuid4().hex[:6]}")
         dataset.add_samples(

@@ -109,6 +109,32 @@ class ImageProposer(Protocol):
 
 
 @runtime_checkable
+class ConfidentPointDecoder(Protocol):
+    """A proposer that can make only the masks the pipeline keeps (optional, for speed).
+
+    ``refseg.proposals.propose`` uses it when a proposer has it, instead of ``decode_points``
+    followed by the choice of each prompt's best candidate and the IoU filter; the results
+    must be the same.
+    """
+
+    def decode_confident_points(
+        self, embedding: Any, points: torch.Tensor, pred_iou_thresh: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decodes single positive points and keeps each prompt's best candidate if confident.
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            points: (N, 2) float32 XY in the S x S input frame, pixels.
+            pred_iou_thresh: a prompt is kept when its best predicted IoU is > this.
+
+        Returns:
+            logits: (K, m, m) float mask logits of the kept prompts' best candidates;
+            iou: (K,) their predicted IoU; prompts: (K,) int64 their indices in ``points``,
+            ascending (``refseg.proposals.confident_best`` of ``decode_points``'s IoU).
+        """
+
+
+@runtime_checkable
 class FeatureEncoder(Protocol):
     """Dense semantic features of an image (DINOv2's role).
 

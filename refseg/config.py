@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 MaskDownsample = Literal["area", "nearest"]
 MergeResolution = Literal["full", "low"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,11 @@ class PredictConfig:
             full-resolution masks of every candidate; "low" measures them on the proposer's
             low-resolution grid and upsamples only the final detections (much faster and
             lighter on large images; results within the tolerance stated in the README).
-        precision: "fp32" (the paper), or "bf16" / "fp16" autocast for the two image encoders
-            and the prompt decoder on CUDA devices (CPU runs stay fp32).
+        precision: autocast of the two image encoders and the prompt decoder. "fp32" (the
+            paper): none. "bf16": bf16 on CUDA and on CPUs. "fp16": fp16 on CUDA (float32
+            elsewhere). "auto": bf16 where the device runs it natively (CUDA compute
+            capability >= 8; CPUs with AVX512-BF16 or AMX), float32 elsewhere
+            (``refseg.precision``).
         use_negatives: score with the bank's negative references, when it has some
             (``refseg.matching.class_scores_with_negatives``: the research code's rule). A bank
             without negatives predicts the same either way, bit for bit. ``PAPER_PREDICT`` has
@@ -143,8 +146,8 @@ class PredictConfig:
             self.merge_resolution,
         )
         _require(
-            self.precision in ("fp32", "bf16", "fp16"),
-            "precision must be 'fp32', 'bf16' or 'fp16'",
+            self.precision in ("auto", "fp32", "bf16", "fp16"),
+            "precision must be 'auto', 'fp32', 'bf16' or 'fp16'",
             self.precision,
         )
         for name in ("use_negatives", "use_bank_thresholds"):
@@ -240,5 +243,6 @@ negative references and no per-class thresholds, whatever the bank holds."""
 PAPER_EVALUATE = EvaluateConfig(legacy_coco_box=True)
 """Evaluation as the research code did it: COCO bbox results one pixel short."""
 
-FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="bf16")
-"""The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 on GPUs."""
+FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="auto")
+"""The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 where the
+device runs it natively."""

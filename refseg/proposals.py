@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from refseg.components import MaskProposer
+from refseg.components import ConfidentPointDecoder, MaskProposer
 from refseg.config import PredictConfig
 from refseg.geometry import point_grid
 
@@ -59,6 +59,10 @@ def propose(proposer: MaskProposer, embedding: Any, config: PredictConfig) -> Pr
     is kept, with that IoU as its score. Masks with predicted IoU <= ``pred_iou_thresh`` are
     dropped. No stability filter, hole filling, crops or area filter (paper mode).
 
+    A proposer that offers ``decode_confident_points`` (:class:`ConfidentPointDecoder`, e.g.
+    SAM2 with its shared decoder) makes only the kept masks; any other is asked for every
+    candidate with ``decode_points`` and filtered here. Both give the same proposals.
+
     Args:
         proposer: the mask proposer.
         embedding: one image's embedding from ``proposer.select_image``.
@@ -70,24 +74,30 @@ def propose(proposer: MaskProposer, embedding: Any, config: PredictConfig) -> Pr
     logits, ious = [], []
     for points in prompt_batches(config, proposer.image_size):
         points = points.to(proposer.device)
-        batch_logits, batch_iou = proposer.decode_points(embedding, points)
-        best_logits, best_iou = best_of_multimask(batch_logits, batch_iou)
-        keep = best_iou > config.pred_iou_thresh
-        logits.append(best_logits[keep].float())
-        ious.append(best_iou[keep].float())
+        if isinstance(proposer, ConfidentPointDecoder):
+            kept_logits, kept_iou, _ = proposer.decode_confident_points(
+                embedding, points, config.pred_iou_thresh
+            )
+        else:
+            batch_logits, batch_iou = proposer.decode_points(embedding, points)
+            prompts, outputs = confident_best(batch_iou, config.pred_iou_thresh)
+            kept_logits, kept_iou = batch_logits[prompts, outputs], batch_iou[prompts, outputs]
+        logits.append(kept_logits.float())
+        ious.append(kept_iou.float())
     return Proposals(torch.cat(logits), torch.cat(ious))
 
 
-def best_of_multimask(logits: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per prompt, the candidate mask with the highest predicted IoU.
+def confident_best(iou: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts whose best candidate is confident, and that candidate.
 
     Args:
-        logits: (N, M, m, m) mask logits.
-        iou: (N, M) predicted IoU.
+        iou: (N, M) predicted IoU of each prompt's M candidates.
+        threshold: a prompt is kept when its highest predicted IoU is > this.
 
     Returns:
-        (N, m, m) logits and (N,) IoU of the chosen candidates (first index on ties).
+        prompts: (K,) int64 kept prompt indices, ascending; outputs: (K,) int64 the candidate
+        with the highest predicted IoU of each (first index on ties).
     """
     best = iou.argmax(dim=1)
-    rows = torch.arange(iou.shape[0], device=iou.device)
-    return logits[rows, best], iou[rows, best]
+    prompts = torch.nonzero(iou.gather(1, best[:, None])[:, 0] > threshold)[:, 0]
+    return prompts, best[prompts]

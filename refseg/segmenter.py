@@ -27,13 +27,12 @@ from refseg.postprocess import (
     suppress,
     top_k,
 )
+from refseg.precision import autocast_dtype
 from refseg.predictions import Predictions
 from refseg.proposals import Proposals, propose
 from refseg.timing import NoTimer, StageTimer
 
 logger = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -129,11 +128,12 @@ class Segmenter:
         ]
 
     def _autocast(self, device: torch.device):
-        """Autocast for the configured precision on CUDA; nothing elsewhere or in fp32."""
-        dtype = AUTOCAST_DTYPES.get(self.config.precision)
-        if dtype is None or torch.device(device).type != "cuda":
+        """Autocast for the configured precision on ``device`` (``refseg.precision``);
+        nothing in fp32."""
+        dtype = autocast_dtype(self.config.precision, device)
+        if dtype is None:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
     def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, I, I): the S x S images bicubic-resized to the encoder's input (no antialias)."""

@@ -41,27 +41,39 @@ def models_and_bank(tmp_path_factory):
     dataset.delete()
 
 
-def test_fast_path_gives_the_reference_detections(models_and_bank):
+GRID = {"points_per_side": 8, "max_detections": 100}
+
+
+@pytest.fixture(scope="module")
+def images_and_reference(models_and_bank):
+    """The targets, and the reference path's detections: one image at a time, prompts in
+    batches of 32 through the sam2 package's own decoder, fp32, full-resolution merge."""
     proposer, encoder, bank, paths = models_and_bank
-    grid = dict(points_per_side=8, max_detections=100)
     reference = refseg.Segmenter(
         proposer.with_decoder("library"),
         encoder,
         bank,
-        dataclasses.replace(PAPER_PREDICT, points_batch_size=32, **grid),
+        dataclasses.replace(PAPER_PREDICT, points_batch_size=32, **GRID),
     )
-    fast = refseg.Segmenter(proposer, encoder, bank, dataclasses.replace(FAST_PREDICT, **grid))
-    # the reference path: one image at a time, prompts in batches of 32 through the sam2
-    # package's own decoder, full-resolution merge
     loaded = [load_image(p, proposer.image_size) for p in paths]
     images = torch.stack([image for image, _ in loaded])
     sizes = [size for _, size in loaded]
     one_at_a_time = [
         reference.segment_batch(images[i : i + 1], sizes[i : i + 1])[0] for i in range(len(paths))
     ]
-    batched = fast.segment_batch(images, sizes)
+    return images, sizes, one_at_a_time
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fast_path_gives_the_reference_detections(models_and_bank, images_and_reference, precision):
+    """The stated tolerance, in fp32 and in bf16 (CPU autocast here; the fast path's default
+    where the CPU runs bf16 natively)."""
+    proposer, encoder, bank, _ = models_and_bank
+    images, sizes, one_at_a_time = images_and_reference
+    config = dataclasses.replace(FAST_PREDICT, precision=precision, **GRID)
+    batched = refseg.Segmenter(proposer, encoder, bank, config).segment_batch(images, sizes)
     total = 0
-    for ref, fst in zip(one_at_a_time, batched):
+    for ref, fst in zip(one_at_a_time, batched, strict=True):
         result = agreement(ref, fst)
         total += result.total_a
         assert result.matched == result.total_a == result.total_b

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from refseg.components import FeatureEncoder, MaskProposer
+from refseg.config import PredictConfig
+from refseg.geometry import point_grid
 from refseg.models import (
     DINOV2_MODELS,
     RANDOM_WEIGHTS,
@@ -34,6 +36,9 @@ from refseg.models import (
 )
 from refseg.models import cache as cache_module
 from refseg.models import weights as weights_module
+from refseg.models.sam2_attention import shared_image_to_tokens, tokens_to_image, two_way_block
+from refseg.models.sam2_upscaling import prepare_block_upscaling
+from refseg.proposals import confident_best, propose
 
 RANDOM_WARNING = "random weights"
 POINTS = torch.tensor([[0.5, 0.5], [100.0, 700.0], [512.0, 512.0], [1023.5, 1023.5], [900.0, 40.0]])
@@ -421,6 +426,138 @@ def test_shared_decoder_under_bf16_autocast(proposer: Sam2Proposer, pair: torch.
             ):
                 assert x.dtype == torch.float32
                 torch.testing.assert_close(x, y, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_folded_attentions_equal_the_librarys_in_float32(proposer: Sam2Proposer) -> None:
+    """The reduced-precision path's folded attentions, run in float32, against the library's
+    ``TwoWayAttentionBlock`` and ``Attention`` modules (equal up to float rounding)."""
+    transformer = proposer.model.sam_mask_decoder.transformer
+    generator = torch.Generator().manual_seed(6)
+    n, t, hw, c = 3, 8, 64 * 64, 256
+    queries, query_pe = (torch.randn(n, t, c, generator=generator) for _ in range(2))
+    keys = torch.randn(n, hw, c, generator=generator)
+    key_pe = torch.randn(1, hw, c, generator=generator)
+    image = torch.randn(1, hw, c, generator=generator)
+    close = {"rtol": 1e-4, "atol": 1e-4}
+    with torch.inference_mode():
+        second = transformer.layers[1]
+        expected = second(
+            queries=queries, keys=keys, query_pe=query_pe, key_pe=key_pe.expand(n, -1, -1)
+        )
+        got_pair = two_way_block(second, queries, keys, query_pe, key_pe)
+        for got, want in zip(got_pair, expected, strict=True):
+            torch.testing.assert_close(got, want, **close)
+        final = transformer.final_attn_token_to_image
+        torch.testing.assert_close(
+            tokens_to_image(final, queries, keys + key_pe, keys),
+            final(q=queries, k=keys + key_pe, v=keys),
+            **close,
+        )
+        to_tokens = transformer.layers[0].cross_attn_image_to_token
+        projected = to_tokens.q_proj(image).reshape(1, hw, to_tokens.num_heads, -1).transpose(1, 2)
+        torch.testing.assert_close(
+            shared_image_to_tokens(to_tokens, projected, queries + query_pe, queries),
+            to_tokens(q=image.expand(n, -1, -1), k=queries + query_pe, v=queries),
+            **close,
+        )
+
+
+class _PointsOnly:
+    """A proposer that hides ``decode_confident_points``: ``propose`` takes its fallback."""
+
+    def __init__(self, proposer: Sam2Proposer) -> None:
+        self._proposer = proposer
+        self.image_size, self.mask_size = proposer.image_size, proposer.mask_size
+        self.device = proposer.device
+
+    def decode_points(self, embedding, points):
+        return self._proposer.decode_points(embedding, points)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sam2.1_hiera_tiny", "sam2_hiera_tiny"])
+def test_confident_decoder_equals_full_decoder_bit_for_bit(name: str, pair: torch.Tensor) -> None:
+    """Upscaling only the kept masks changes no output in float32: the kept prompts, their
+    best candidate's logits and predicted IoU, in prompt order, on each image of a batch, at
+    thresholds keeping every prompt, some and none; and ``propose`` gives the same proposals
+    through it as through ``decode_points``."""
+    with pytest.warns(UserWarning, match=RANDOM_WARNING):
+        proposer = build_proposer(name, pretrained=False, device="cpu")
+    points = point_grid(6, proposer.image_size)  # 36 prompts: chunks of 8 and a partial one
+    batch = proposer.encode_images(pair)
+    assert batch.decoder_state.upscaling is None  # float32 keeps the library's modules
+    for index in range(2):
+        embedding = proposer.select_image(batch, index)
+        logits, iou = proposer.decode_points(embedding, points)
+        best = iou.max(dim=1).values
+        for threshold in (0.0, float(best.median()), float(best.max())):
+            prompts, outputs = confident_best(iou, threshold)
+            kept_logits, kept_iou, kept = proposer.decode_confident_points(
+                embedding, points, threshold
+            )
+            assert torch.equal(kept, prompts)
+            assert torch.equal(kept_iou, iou[prompts, outputs])
+            assert torch.equal(kept_logits, logits[prompts, outputs])
+            assert kept_logits.dtype == kept_iou.dtype == torch.float32
+        assert 0 < len(confident_best(iou, float(best.median()))[0]) < len(points)
+        config = PredictConfig(points_per_side=6, points_batch_size=16)
+        direct = propose(proposer, embedding, config)
+        fallback = propose(_PointsOnly(proposer), embedding, config)
+        assert len(direct) > 0
+        assert torch.equal(direct.logits, fallback.logits) and torch.equal(direct.iou, fallback.iou)
+
+
+@pytest.mark.slow
+def test_confident_decoder_in_bf16_stays_near_float32(
+    proposer: Sam2Proposer, pair: torch.Tensor, pair_embedding
+) -> None:
+    """CPU bf16 autocast (the fast path where the CPU runs bf16 natively): the decoder keeps its
+    state and upscaling in bf16, and the kept masks stay within the fast path's tolerance of
+    the float32 ones."""
+    points = point_grid(6, proposer.image_size)
+    reference = proposer.select_image(pair_embedding, 1)
+    logits, iou = proposer.decode_points(reference, points)
+    prompts, outputs = confident_best(iou, 0.4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding = proposer.select_image(proposer.encode_images(pair), 1)
+        state = embedding.decoder_state
+        assert state.image_tokens.dtype == state.upscaling.fine.dtype == torch.bfloat16
+        kept_logits, kept_iou, kept = proposer.decode_confident_points(embedding, points, 0.4)
+    assert torch.equal(kept, prompts)
+    assert kept_logits.dtype == kept_iou.dtype == torch.float32
+    assert (kept_iou - iou[prompts, outputs]).abs().max() <= 0.02
+    expected = logits[prompts, outputs] > 0
+    got = kept_logits > 0
+    mask_iou = (expected & got).flatten(1).sum(1) / (expected | got).flatten(1).sum(1)
+    assert mask_iou.min() >= 0.98, mask_iou
+
+
+@pytest.mark.slow
+def test_block_upscaling_equals_the_decoders_modules(proposer: Sam2Proposer, pair_embedding):
+    """The reduced-precision upscaling's layout, checked in float32 against the library's
+    transposed convolutions, LayerNorm2d and GELUs (equal up to float rounding)."""
+    one = proposer.select_image(pair_embedding, 0)
+    decoder = proposer.model.sam_mask_decoder
+    tokens = torch.randn(3, 64 * 64, 256, generator=torch.Generator().manual_seed(4))
+    hyper = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    block = prepare_block_upscaling(decoder.output_upscaling, one.high_res, torch.float32)
+    conv1, norm1, act1, conv2, act2 = decoder.output_upscaling
+    with torch.inference_mode():
+        image = tokens.transpose(1, 2).reshape(3, 256, 64, 64)
+        upscaled = act2(conv2(act1(norm1(conv1(image) + one.high_res[1]))) + one.high_res[0])
+        expected = torch.einsum("kc,kchw->khw", hyper, upscaled)
+        got = block.mask_logits(tokens, hyper)
+    assert got.shape == (3, 256, 256)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="kernel_size=2, stride=2"):
+        prepare_block_upscaling(
+            torch.nn.Sequential(
+                torch.nn.ConvTranspose2d(256, 64, 3), *list(decoder.output_upscaling)[1:]
+            ),
+            one.high_res,
+            torch.bfloat16,
+        )
 
 
 def test_unknown_decoder_kind_is_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,64 @@ def test_engine_benchmark_runs_without_fiftyone(tmp_path: Path) -> None:
     assert agreement["min_mask_iou"] >= 0.98
     assert results["machine"]["device"] == "cpu"
     assert "speed-up" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh --quick on the CPU: wheels folder (empty here: sam2 is
+    installed), decoder checks, the engine benchmark, one JSON; FiftyOne cannot be imported."""
+    blocker = tmp_path / "blocked" / "fiftyone"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError('the GPU check must not need FiftyOne')"
+    )
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/gpu_check.sh"), str(wheels), "--device", "cpu"]
+        + ["--quick", "--budget-s", "0", "--out", str(out)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(blocker.parent), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["passed"] is True
+    checks = results["decoder_checks"]
+    assert set(checks) == {
+        "fp32_shared_vs_library",
+        "bf16_shared_vs_fp32_library",
+        "lighter_fp32",
+        "lighter_bf16",
+    }
+    # On this CPU the shared and lighter decoders are bit-identical to the library's in fp32.
+    for name in ("fp32_shared_vs_library", "lighter_fp32"):
+        assert checks[name]["worst"] == {
+            "logits_max_abs": 0.0,
+            "iou_max_abs": 0.0,
+            "mask_iou_min": 1.0,
+        }
+    assert 0.0 < checks["bf16_shared_vs_fp32_library"]["worst"]["logits_max_abs"] < 0.1
+    assert all(part["same_prompts"] for part in checks["lighter_bf16"]["parts"])
+    run = results["engine"]["runs"]["320x240"]
+    for path in ("reference", "fast"):
+        assert run[path]["images"] == 2 and run[path]["images_per_s"] > 0
+        assert {"sam2_encoder", "dinov2_encoder", "prompt_decoding"} <= set(
+            run[path]["stage_ms_per_image"]
+        )
+    assert results["engine"]["settings"]["fast"]["precision"] == "bf16"
+    assert results["machine"]["torch"] == __import__("torch").__version__
+
+
+def test_gpu_check_names_a_missing_wheels_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/gpu_check.sh"), str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "WHEELS_DIR must be a folder of wheels" in result.stderr

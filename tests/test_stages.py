@@ -24,7 +24,7 @@ from refseg.postprocess import (
     suppress,
     top_k,
 )
-from refseg.proposals import best_of_multimask, prompt_batches
+from refseg.proposals import confident_best, prompt_batches
 
 # --- prompt grid -------------------------------------------------------------------------
 
@@ -135,12 +135,14 @@ def test_class_prototype_is_the_normalised_mean_of_instances():
 # --- proposals ---------------------------------------------------------------------------
 
 
-def test_best_of_multimask_picks_the_highest_predicted_iou():
-    logits = torch.arange(2 * 3 * 1 * 1, dtype=torch.float32).reshape(2, 3, 1, 1)
-    iou = torch.tensor([[0.2, 0.9, 0.5], [0.7, 0.7, 0.1]])
-    masks, scores = best_of_multimask(logits, iou)
-    assert masks.flatten().tolist() == [1.0, 3.0]  # second prompt: tie -> first candidate
-    assert scores.tolist() == pytest.approx([0.9, 0.7])
+def test_confident_best_picks_the_highest_predicted_iou_above_the_threshold():
+    iou = torch.tensor([[0.2, 0.9, 0.5], [0.7, 0.7, 0.1], [0.4, 0.3, 0.1], [0.1, 0.2, 0.45]])
+    prompts, outputs = confident_best(iou, 0.4)
+    # second prompt: tie -> first candidate; third: 0.4 is not > 0.4
+    assert prompts.tolist() == [0, 1, 3] and outputs.tolist() == [1, 0, 2]
+    assert prompts.dtype == outputs.dtype == torch.int64
+    none, _ = confident_best(iou, 0.95)
+    assert none.shape == (0,)
 
 
 # --- matching ----------------------------------------------------------------------------

@@ -19,12 +19,20 @@ from torch import nn
 
 from refseg.models.preprocess import prepare_images
 from refseg.models.registry import Sam2Spec
-from refseg.models.sam2_decoding import DecoderImageState, decode_masks, prepare_decoder_state
+from refseg.models.sam2_decoding import (
+    DecoderImageState,
+    decode_masks,
+    predict_iou,
+    prepare_decoder_state,
+    run_transformer,
+    selected_mask_logits,
+)
 from refseg.models.weights import (
     CheckpointMismatchError,
     load_checkpoint_file,
     load_state_dict_strictly,
 )
+from refseg.proposals import confident_best
 
 # SAM2's prompt-encoder labels: a positive click, and the two corners of a box.
 _POSITIVE_POINT = 1
@@ -192,7 +200,9 @@ class Sam2Proposer:
         if self._add_no_mem_embed:
             image_embed = image_embed + self._model.no_mem_embed.view(1, -1, 1, 1)
         state = (
-            prepare_decoder_state(self._model, image_embed) if self.decoder == "shared" else None
+            prepare_decoder_state(self._model, image_embed, (s0, s1))
+            if self.decoder == "shared"
+            else None
         )
         return Sam2Embedding(image_embed=image_embed, high_res=(s0, s1), decoder_state=state)
 
@@ -224,10 +234,42 @@ class Sam2Proposer:
                 object-score masking, no clamping).
             iou: (N, 3) float32 predicted IoU in [0, 1].
         """
-        _check_prompts(points, "points", 2)
-        coords = points.to(self.device, torch.float32)[:, None, :]
-        labels = torch.full((len(points), 1), _POSITIVE_POINT, dtype=torch.int, device=self.device)
-        return self._decode(embedding, coords, labels, multimask=True)
+        return self._decode(embedding, *self._point_prompts(points), multimask=True)
+
+    @torch.inference_mode()
+    def decode_confident_points(
+        self, embedding: Sam2Embedding, points: torch.Tensor, pred_iou_thresh: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``decode_points``, keeping each prompt's best candidate if its IoU > the threshold.
+
+        With the shared decoder only the kept masks are upscaled (the predicted IoU does not
+        depend on the mask); in float32 they equal ``decode_points``'s bit for bit. With the
+        library decoder every candidate is decoded, then chosen.
+
+        Args:
+            embedding: one image's embedding (from ``select_image``).
+            points: (N, 2) float XY, pixels in the 1024 x 1024 input frame.
+            pred_iou_thresh: a prompt is kept when its best predicted IoU is > this.
+
+        Returns:
+            logits: (K, 256, 256) float32 mask logits; iou: (K,) float32 predicted IoU;
+            prompts: (K,) int64 indices of the kept prompts in ``points``, ascending.
+        """
+        if embedding.decoder_state is None:
+            logits, iou = self.decode_points(embedding, points)
+            prompts, outputs = confident_best(iou, pred_iou_thresh)
+            return logits[prompts, outputs], iou[prompts, outputs], prompts
+        _check_single_image(embedding)
+        points_and_labels = self._point_prompts(points)
+        sparse, _ = self._model.sam_prompt_encoder(points=points_and_labels, boxes=None, masks=None)
+        state = embedding.decoder_state
+        tokens = run_transformer(self._model, state, sparse)
+        iou = predict_iou(self._model.sam_mask_decoder, tokens)[:, 1:]  # the multimask outputs
+        prompts, outputs = confident_best(iou, pred_iou_thresh)
+        logits = selected_mask_logits(
+            self._model, state, embedding.high_res, tokens, prompts, outputs + 1
+        )
+        return logits.float(), iou[prompts, outputs].float(), prompts
 
     @torch.inference_mode()
     def decode_boxes(
@@ -249,6 +291,13 @@ class Sam2Proposer:
         logits, iou = self._decode(embedding, corners, labels, multimask=False)
         return logits[:, 0], iou[:, 0]
 
+    def _point_prompts(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 2) XY points -> SAM2's (N, 1, 2) float32 coordinates and (N, 1) positive labels."""
+        _check_prompts(points, "points", 2)
+        coords = points.to(self.device, torch.float32)[:, None, :]
+        labels = torch.full((len(points), 1), _POSITIVE_POINT, dtype=torch.int, device=self.device)
+        return coords, labels
+
     def _decode(
         self, embedding: Sam2Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,11 +306,7 @@ class Sam2Proposer:
         Decodes with the embedding's decoder state when it has one (made by a ``"shared"``
         proposer), else with the library's ``MaskDecoder.forward``.
         """
-        if embedding.batch_size != 1:
-            raise ValueError(
-                f"decoding needs one image's embedding, got a batch of {embedding.batch_size}; "
-                f"call select_image(embedding, index) first"
-            )
+        _check_single_image(embedding)
         n = len(coords)
         sparse, dense = self._model.sam_prompt_encoder(
             points=(coords, labels), boxes=None, masks=None
@@ -281,6 +326,14 @@ class Sam2Proposer:
             high_res_features=[feat.expand(n, -1, -1, -1) for feat in embedding.high_res],
         )
         return logits.float(), iou.float()
+
+
+def _check_single_image(embedding: Sam2Embedding) -> None:
+    if embedding.batch_size != 1:
+        raise ValueError(
+            f"decoding needs one image's embedding, got a batch of {embedding.batch_size}; "
+            f"call select_image(embedding, index) first"
+        )
 
 
 def _check_prompts(prompts: torch.Tensor, what: str, width: int) -> None:
