@@ -166,8 +166,9 @@ def test_installed_plugin_lists_and_runs_operators_with_its_own_engine(
     assert Path(found["plugin_dir"]) == downloaded
     assert Path(found["refseg_file"]).is_relative_to(downloaded)
     assert found["load_errors"] == []
-    listed = yaml.safe_load((ROOT / "fiftyone.yml").read_text())["operators"]
-    assert found["operators"] == sorted(listed)
+    manifest = yaml.safe_load((ROOT / "fiftyone.yml").read_text())
+    # FiftyOne lists panels among the operators
+    assert found["operators"] == sorted(manifest["operators"] + manifest["panels"])
     assert found["num_references"] == found["tagged"] == found["num_classes"] > 0
 
 
