@@ -76,12 +76,12 @@ class PredictConfig:
             filtered only before the merge and kept the detections the merge decays to 0 (they
             are ranked last but still count for COCO recall); the product's 0.0 drops those.
         merge_resolution: "full" (the paper) measures the soft merge's overlaps on the
-            full-resolution masks of every candidate; "low" measures them on the proposer's
+            full-resolution masks of every candidate; "low" (the default) measures them on the proposer's
             low-resolution grid and upsamples only the final detections (much faster and
             lighter on large images; results within the tolerance stated in the README).
         precision: autocast of the two image encoders and the prompt decoder. "fp32" (the
             paper): none. "bf16": bf16 on CUDA and on CPUs. "fp16": fp16 on CUDA (float32
-            elsewhere). "auto": bf16 where the device runs it natively (CUDA compute
+            elsewhere). "auto" (the default): bf16 where the device runs it natively (CUDA compute
             capability >= 8; CPUs with AVX512-BF16 or AMX), float32 elsewhere
             (``refseg.precision``).
         use_negatives: score with the bank's negative references, when it has some
@@ -106,8 +106,8 @@ class PredictConfig:
     max_detections: int = 100
     candidate_score_threshold: float = 0.0
     score_threshold: float | None = 0.0
-    merge_resolution: MergeResolution = "full"
-    precision: Precision = "fp32"
+    merge_resolution: MergeResolution = "low"
+    precision: Precision = "auto"
     use_negatives: bool = True
     negative_sigma: float = 0.8
     use_bank_thresholds: bool = False
@@ -231,18 +231,30 @@ PAPER_REFERENCE = ReferenceConfig(context_ratio=0.2, mask_downsample="nearest")
 """Stage 1-2 settings of the published numbers."""
 
 PAPER_PREDICT = PredictConfig(
+    points_per_side=32,
+    points_batch_size=256,
     drop_incomplete_point_batch=True,
+    pred_iou_thresh=0.4,
+    nms_iou_thresh=0.5,
+    nms_keep_factor=8,
+    merge_exponent=0.5,
+    max_detections=100,
     candidate_score_threshold=0.0,
     score_threshold=None,
+    merge_resolution="full",
+    precision="fp32",
     use_negatives=False,
     use_bank_thresholds=False,
 )
-"""Stage 3 settings of the published numbers (all other fields are already the paper's): no
-negative references and no per-class thresholds, whatever the bank holds."""
+"""Stage 3 settings of the published numbers, every field spelled out so that no change of the
+product defaults can move paper mode: float32, the soft merge on full-resolution masks, the
+research code's dropped last prompt batch, no final score filter, no negative references and no
+per-class thresholds, whatever the bank holds."""
 
 PAPER_EVALUATE = EvaluateConfig(legacy_coco_box=True)
 """Evaluation as the research code did it: COCO bbox results one pixel short."""
 
-FAST_PREDICT = PredictConfig(points_batch_size=1024, merge_resolution="low", precision="auto")
-"""The fast path: large prompt batches, the soft merge on low-resolution masks, bf16 where the
-device runs it natively."""
+FAST_PREDICT = PredictConfig(points_batch_size=1024)
+"""The product defaults (``PredictConfig()``: the soft merge on low-resolution masks, bf16 where
+the device runs it natively) with the large prompt batches that pay on GPUs; on a CPU they only
+raise peak memory, so ``PredictConfig()`` keeps 256."""

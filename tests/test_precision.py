@@ -10,7 +10,7 @@ import torch
 from stand_ins import PaletteEncoder, ShapeProposer
 
 from refseg import precision
-from refseg.config import PredictConfig, ReferenceConfig
+from refseg.config import PAPER_PREDICT, PredictConfig, ReferenceConfig
 from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.precision import autocast_dtype, cpu_flags, native_bf16
 from refseg.segmenter import Segmenter
@@ -88,7 +88,8 @@ def test_this_cpus_answer_agrees_with_its_flags() -> None:
 
 def test_config_takes_auto_and_names_the_choices() -> None:
     assert PredictConfig(precision="auto").precision == "auto"
-    assert PredictConfig().precision == "fp32"
+    assert PredictConfig().precision == "auto"
+    assert PAPER_PREDICT.precision == "fp32" and PAPER_PREDICT.merge_resolution == "full"
     with pytest.raises(ValueError, match="'auto', 'fp32', 'bf16' or 'fp16'"):
         PredictConfig(precision="bfloat16")
 
@@ -122,3 +123,26 @@ def test_segmenter_autocasts_the_models_on_cpu(setting: str, expected, monkeypat
     segmenter = Segmenter(proposer, encoder, bank, PredictConfig(precision=setting))
     segmenter.segment_batch(torch.rand(1, 3, 128, 128), [(128, 128)])
     assert seen == [expected]
+
+
+def test_paper_predict_is_the_paper_not_the_product_defaults() -> None:
+    """The defaults are the fast path; every stage-3 value of the paper (method.md) is pinned
+    here, so a change of the defaults cannot move paper mode."""
+    assert PredictConfig().merge_resolution == "low"
+    assert PAPER_PREDICT.to_dict() == {
+        "points_per_side": 32,
+        "points_batch_size": 256,
+        "drop_incomplete_point_batch": True,
+        "pred_iou_thresh": 0.4,
+        "nms_iou_thresh": 0.5,
+        "nms_keep_factor": 8,
+        "merge_exponent": 0.5,
+        "max_detections": 100,
+        "candidate_score_threshold": 0.0,
+        "score_threshold": None,
+        "merge_resolution": "full",
+        "precision": "fp32",
+        "use_negatives": False,
+        "negative_sigma": 0.8,
+        "use_bank_thresholds": False,
+    }

@@ -160,7 +160,9 @@ def test_paper_mode_labels_have_tight_boxes_and_evaluate_as_predicted(setup):
     reads back exactly the predicted masks: no mask is squeezed into a shorter box."""
     _, bank, targets = setup
     same = dict(points_per_side=12, points_batch_size=48)  # 144 prompts: no batch to drop
-    default = dataclasses.replace(PredictConfig(), merge_resolution="full", **same)
+    default = dataclasses.replace(
+        PredictConfig(), merge_resolution="full", precision="fp32", **same
+    )
     run(targets, bank, "pred_paper", config=dataclasses.replace(PAPER_PREDICT, **same))
     run(targets, bank, "pred_default", config=default)
     checked = 0
