@@ -21,7 +21,7 @@ from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.synthetic import CLASSES, make_shapes_dataset
 
 DATA = Path(__file__).parent / "data"
-CONFIG = PredictConfig(points_per_side=12, points_batch_size=50)
+CONFIG = PredictConfig(points_per_side=12, points_batch_size=50, precision="fp32")  # as recorded
 
 
 def unit(rows) -> torch.Tensor:
