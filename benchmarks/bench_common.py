@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from refseg.compare import agreement
-from refseg.config import FAST_PREDICT, PAPER_PREDICT, PredictConfig
+from refseg.config import PAPER_PREDICT, PredictConfig
 from refseg.models import Dinov2Encoder, Sam2Proposer, build_encoder, build_proposer
 from refseg.precision import PRECISIONS, autocast_dtype, cpu_has_native_bf16
 from refseg.predictions import Predictions
@@ -111,19 +111,18 @@ def path_settings(reference: PredictConfig, fast: PredictConfig, device: torch.d
 def path_configs(
     points_per_side: int, device: torch.device, precision: str | None = None
 ) -> tuple[PredictConfig, PredictConfig]:
-    """The settings of the reference path (the paper's, tight boxes so boxes compare) and of
-    the fast path (``FAST_PREDICT``, with ``precision`` when given; large prompt batches pay on
-    GPUs, on a CPU they only raise peak memory)."""
+    """The settings of the reference path (the paper's, 256 prompts a batch) and of the fast
+    path: the product defaults ``PredictConfig()`` (prompt batches sized for the device), with
+    ``precision`` when given."""
     reference = dataclasses.replace(
         PAPER_PREDICT,
         points_per_side=points_per_side,
         points_batch_size=min(256, points_per_side**2),
     )
     fast = dataclasses.replace(
-        FAST_PREDICT,
+        PredictConfig(),
         points_per_side=points_per_side,
-        points_batch_size=1024 if device.type == "cuda" else 64,
-        precision=precision or FAST_PREDICT.precision,
+        precision=precision or PredictConfig().precision,
     )
     return reference, fast
 
@@ -204,7 +203,7 @@ def benchmark_arguments(description: str) -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help=f"fast path precision (default: FAST_PREDICT's, {FAST_PREDICT.precision!r})",
+        help=f"fast path precision (default: PredictConfig's, {PredictConfig().precision!r})",
     )
     parser.add_argument("--out", default=None, help="JSON results file")
     return parser

@@ -13,9 +13,9 @@ database, is not timed here; ``benchmark_predict.py`` times it (see README.md).
 The two paths, on the same models and images in one process:
 - reference: the paper's settings, one image at a time, the ``sam2`` package's own decoder,
   images decoded in the loop;
-- fast: ``refseg.FAST_PREDICT`` (``--precision`` to choose its precision), ``--batch-size``
-  images a batch, the decoder's image work shared and only the kept masks upscaled, images
-  decoded by ``--num-workers`` DataLoader processes while a batch runs.
+- fast: the defaults, ``refseg.PredictConfig()`` (``--precision`` to choose its precision),
+  ``--batch-size`` images a batch, the decoder's image work shared and only the kept masks
+  upscaled, images decoded by ``--num-workers`` DataLoader processes while a batch runs.
 Both go through ``refseg.segment_stream``, the loop ``refseg.predict`` and every worker use.
 The bank holds one synthetic reference per class, encoded with the encoder under test. Results
 go to a JSON file (``--out``, default ``benchmarks/results/engine-<device>.json``) and a table.

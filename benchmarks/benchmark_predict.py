@@ -9,10 +9,10 @@ Both paths run on the same machine, models and images in one process:
 - reference: the paper's settings (fp32, one image at a time, 256 prompts a batch, the ``sam2``
   package's own mask decoder on a copy of the image per prompt, soft merge on full-resolution
   masks);
-- fast: ``refseg.FAST_PREDICT`` (bf16 autocast where the device runs bf16 natively, or the
-  ``--precision`` given; 1024 prompts a batch on CUDA and 64 on a CPU; only the kept masks
-  upscaled; soft merge on low-resolution masks, only final detections upsampled), images
-  batched, the mask decoder's prompt-independent work done once per image.
+- fast: the defaults, ``refseg.PredictConfig()`` (bf16 autocast where the device runs bf16
+  natively, or the ``--precision`` given; prompt batches sized for the device, 64 on a CPU;
+  only the kept masks upscaled; soft merge on low-resolution masks, only final detections
+  upsampled), images batched, the mask decoder's prompt-independent work done once per image.
 With no weight files (``--random-weights``, the default when none are given) the models have the
 real architectures and FLOPs but random weights. Results go to a JSON file (``--out``) and a
 table on stdout; README.md summarises them.

@@ -58,7 +58,10 @@ class PredictConfig:
 
     Attributes:
         points_per_side: the prompt grid is ``points_per_side ** 2`` single positive points.
-        points_batch_size: prompts decoded together against one image embedding.
+        points_batch_size: prompts decoded together against one image embedding; None (the
+            default) chooses by device (``refseg.proposals.points_batch_size_for``): 64 on a
+            CPU (larger batches only add memory traffic and peak memory there), 1024 on a GPU
+            with at least 32 GiB, 256 on smaller GPUs.
         drop_incomplete_point_batch: the paper silently skipped the last prompts when the grid
             size was not a multiple of ``points_batch_size``. False (the fix) keeps them; with
             the paper's 32 x 32 grid and batches of 256 both give the same prompts.
@@ -76,9 +79,9 @@ class PredictConfig:
             filtered only before the merge and kept the detections the merge decays to 0 (they
             are ranked last but still count for COCO recall); the product's 0.0 drops those.
         merge_resolution: "full" (the paper) measures the soft merge's overlaps on the
-            full-resolution masks of every candidate; "low" (the default) measures them on the proposer's
-            low-resolution grid and upsamples only the final detections (much faster and
-            lighter on large images; results within the tolerance stated in the README).
+            full-resolution masks of every candidate; "low" (the default) measures them on the
+            proposer's low-resolution grid and upsamples only the final detections (much faster
+            and lighter on large images; results within the tolerance stated in the README).
         precision: autocast of the two image encoders and the prompt decoder. "fp32" (the
             paper): none. "bf16": bf16 on CUDA and on CPUs. "fp16": fp16 on CUDA (float32
             elsewhere). "auto" (the default): bf16 where the device runs it natively (CUDA compute
@@ -97,7 +100,7 @@ class PredictConfig:
     """
 
     points_per_side: int = 32
-    points_batch_size: int = 256
+    points_batch_size: int | None = None
     drop_incomplete_point_batch: bool = False
     pred_iou_thresh: float = 0.4
     nms_iou_thresh: float = 0.5
@@ -115,7 +118,9 @@ class PredictConfig:
     def __post_init__(self) -> None:
         _require(self.points_per_side >= 1, "points_per_side must be >= 1", self.points_per_side)
         _require(
-            self.points_batch_size >= 1, "points_batch_size must be >= 1", self.points_batch_size
+            self.points_batch_size is None or self.points_batch_size >= 1,
+            "points_batch_size must be None (by device) or >= 1",
+            self.points_batch_size,
         )
         _require(
             0.0 <= self.pred_iou_thresh < 1.0,
@@ -254,7 +259,6 @@ per-class thresholds, whatever the bank holds."""
 PAPER_EVALUATE = EvaluateConfig(legacy_coco_box=True)
 """Evaluation as the research code did it: COCO bbox results one pixel short."""
 
-FAST_PREDICT = PredictConfig(points_batch_size=1024)
-"""The product defaults (``PredictConfig()``: the soft merge on low-resolution masks, bf16 where
-the device runs it natively) with the large prompt batches that pay on GPUs; on a CPU they only
-raise peak memory, so ``PredictConfig()`` keeps 256."""
+FAST_PREDICT = PredictConfig()
+"""The fast path by name: the product defaults (the soft merge on low-resolution masks, bf16 where
+the device runs it natively, prompt batches sized for the device)."""

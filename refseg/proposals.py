@@ -32,22 +32,47 @@ class Proposals:
         return Proposals(self.logits[index], self.iou[index])
 
 
-def prompt_batches(config: PredictConfig, image_size: int) -> list[torch.Tensor]:
-    """The prompt grid cut into decoder batches.
+CPU_POINTS_BATCH = 64
+"""Prompts a decoder batch on a CPU when ``points_batch_size`` is None."""
+GPU_POINTS_BATCH = 1024
+"""Prompts a decoder batch on a CUDA device with at least ``LARGE_GPU_BYTES`` of memory."""
+SMALL_GPU_POINTS_BATCH = 256
+"""Prompts a decoder batch on a smaller CUDA device."""
+LARGE_GPU_BYTES = 32 * 2**30
+"""Bytes of device memory from which a GPU takes ``GPU_POINTS_BATCH`` prompts a batch."""
+
+
+def points_batch_size_for(config: PredictConfig, device: torch.device | str) -> int:
+    """``config.points_batch_size``, or where it is None the batch for ``device``: 64 prompts on
+    a CPU, 1024 on a CUDA device with at least 32 GiB, 256 on smaller ones."""
+    if config.points_batch_size is not None:
+        return config.points_batch_size
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_POINTS_BATCH
+    memory = torch.cuda.get_device_properties(device).total_memory
+    return GPU_POINTS_BATCH if memory >= LARGE_GPU_BYTES else SMALL_GPU_POINTS_BATCH
+
+
+def prompt_batches(
+    config: PredictConfig, image_size: int, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """The prompt grid cut into decoder batches of ``points_batch_size_for(config, device)``.
 
     Returns:
         A list of (b, 2) float32 XY point tensors in the S x S frame. The last batch is shorter
         when the grid is not a multiple of ``points_batch_size``; it is dropped only when
         ``drop_incomplete_point_batch`` asks for the research code's behaviour.
     """
+    size = points_batch_size_for(config, device)
     points = point_grid(config.points_per_side, image_size)
-    batches = list(torch.split(points, config.points_batch_size))
-    if config.drop_incomplete_point_batch and batches[-1].shape[0] < config.points_batch_size:
+    batches = list(torch.split(points, size))
+    if config.drop_incomplete_point_batch and batches[-1].shape[0] < size:
         batches = batches[:-1]
     if not batches:
         raise ValueError(
             f"drop_incomplete_point_batch leaves no prompts: {points.shape[0]} points per image "
-            f"is fewer than points_batch_size={config.points_batch_size}"
+            f"is fewer than points_batch_size={size}"
         )
     return batches
 
@@ -72,7 +97,7 @@ def propose(proposer: MaskProposer, embedding: Any, config: PredictConfig) -> Pr
         The surviving proposals, in prompt order.
     """
     logits, ious = [], []
-    for points in prompt_batches(config, proposer.image_size):
+    for points in prompt_batches(config, proposer.image_size, proposer.device):
         points = points.to(proposer.device)
         if isinstance(proposer, ConfidentPointDecoder):
             kept_logits, kept_iou, _ = proposer.decode_confident_points(

@@ -24,7 +24,7 @@ from refseg.postprocess import (
     suppress,
     top_k,
 )
-from refseg.proposals import confident_best, prompt_batches
+from refseg.proposals import confident_best, points_batch_size_for, prompt_batches
 
 # --- prompt grid -------------------------------------------------------------------------
 
@@ -55,6 +55,14 @@ def test_point_grid_of_the_paper_has_edges_included():
 def test_prompt_batches_keep_the_tail_unless_asked(drop, sizes):
     config = PredictConfig(points_per_side=3, points_batch_size=4, drop_incomplete_point_batch=drop)
     assert [b.shape[0] for b in prompt_batches(config, 16)] == sizes
+
+
+def test_prompt_batch_size_follows_the_device_unless_given():
+    assert points_batch_size_for(PredictConfig(), "cpu") == 64
+    assert points_batch_size_for(PredictConfig(points_batch_size=100), "cpu") == 100
+    assert [b.shape[0] for b in prompt_batches(PredictConfig(points_per_side=9), 16)] == [64, 17]
+    with pytest.raises(ValueError, match="points_batch_size must be None"):
+        PredictConfig(points_batch_size=0)
 
 
 def test_prompt_batches_refuse_to_drop_everything():
