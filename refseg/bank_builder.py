@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from refseg import arguments
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import ReferenceConfig
 from refseg.encoding import ReferenceCrop, crop_reference, encode_crops
@@ -124,6 +125,8 @@ def build_memory_bank(
         ValueError: no reference labels (or none readable), or an invalid or taken bank
             ``name`` (checked before encoding).
     """
+    reference_view = arguments.sample_collection(reference_view, "reference_view")
+    config = arguments.settings(config, ReferenceConfig)
     dataset = reference_view._dataset
     if name is not None:
         check_bank_name(dataset, name, overwrite=overwrite)

@@ -7,9 +7,9 @@ with ``quiet``, so ``refseg --help`` stays fast.
 FiftyOne logs one notice on every database connection while it runs MongoDB 6, the newest
 MongoDB any package registry provides for its embedded database ("You are running the oldest
 supported major version of MongoDB ..."). refseg's commands drop exactly that log record.
-FiftyOne's own switch for it, ``database_validation=False`` (``FIFTYONE_DATABASE_VALIDATION=false``),
-also turns off its MongoDB version check and feature-compatibility upgrade, so refseg leaves that
-choice to the user.
+FiftyOne's own switch for it, ``database_validation=False``
+(``FIFTYONE_DATABASE_VALIDATION=false``), also turns off its MongoDB version check and
+feature-compatibility upgrade, so refseg leaves that choice to the user.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from typing import Any
 import fiftyone as fo
 from fiftyone.core.collections import SampleCollection
 
+from refseg import arguments
 from refseg.coco_metrics import EvaluationReport, ImageRecord, evaluate_records
 from refseg.failures import FailureReport, ImageReadError, SampleError, SampleFailure
 from refseg.field_safety import check_eval_key
@@ -113,6 +114,7 @@ def evaluate(
             readable, or a prediction has no confidence.
         SampleError: ``skip_failures=False`` and an image cannot be read.
     """
+    view = arguments.sample_collection(view, "view")
     for name in (pred_field, gt_field):
         check_detections_field(view, name)
     if eval_key is not None:

@@ -17,6 +17,7 @@ import fiftyone.core.models as fomo
 import fiftyone.utils.torch as fout
 import torch
 
+from refseg import arguments
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
 from refseg.fiftyone_io import to_detections
@@ -128,7 +129,17 @@ def as_model(
 
     Returns:
         A :class:`RefsegModel`; its labels equal ``refseg.predict``'s on the same images.
+
+    Raises:
+        ValueError: ``bank`` is not a MemoryBank, ``config`` not a PredictConfig (or a dict of
+            one), or models that do not fit the bank.
     """
+    if not isinstance(bank, MemoryBank):
+        raise ValueError(
+            "as_model needs a refseg.MemoryBank (refseg.build_memory_bank, "
+            f"refseg.load_bank(dataset, name) or MemoryBank.load(path)), got {type(bank).__name__}"
+        )
+    config = arguments.settings(config, PredictConfig)
     if proposer is None or encoder is None:
         models = models or Models.from_bank(bank)
         if encoder is None:

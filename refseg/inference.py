@@ -18,6 +18,7 @@ import fiftyone as fo
 import torch
 from tqdm.auto import tqdm
 
+from refseg import arguments
 from refseg.components import FeatureEncoder, MaskProposer
 from refseg.config import PredictConfig
 from refseg.database import database_errors
@@ -104,11 +105,13 @@ def predict(
 
     Args:
         target_view: the images to segment.
-        bank: the memory bank (see ``build_memory_bank``).
+        bank: the memory bank (see ``build_memory_bank``), or the name of one stored with the
+            dataset.
         label_field: the field to write.
         models: the proposer and encoder with their weights; None uses the models recorded in
             the bank. They are checked against the bank before any weights are loaded.
-        config: prediction settings (``refseg.PAPER.predict`` for paper mode). A bank's
+        config: prediction settings, or a dict of them (``refseg.PAPER.predict`` for paper
+            mode). A bank's
             negative references lower the scores of what looks like them
             (``config.use_negatives``); its per-class thresholds apply with
             ``config.use_bank_thresholds``.
@@ -160,6 +163,9 @@ def predict(
         DatabaseUnavailableError: the database became unreachable; what was written before
             stays, and ``resume=True`` continues once it is back.
     """
+    target_view = arguments.sample_collection(target_view, "target_view")
+    bank = arguments.memory_bank(bank, target_view._dataset)
+    config = arguments.settings(config, PredictConfig)
     if len(target_view) == 0:
         raise ValueError("The target view has no samples; nothing to predict")
     _check_scaling(devices, device, shards, delegate, proposer, encoder)

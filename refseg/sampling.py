@@ -45,6 +45,8 @@ from typing import Any, NamedTuple
 import fiftyone as fo
 from fiftyone import ViewField as F
 
+from refseg import arguments
+
 DEFAULT_TAG = "refseg:reference"
 """The label tag that marks the chosen references."""
 
@@ -127,6 +129,7 @@ def sample_references(
             with the counts found, and nothing is written).
     """
     _check_sampling_args(shots, seed, classes)
+    sample_collection = arguments.sample_collection(sample_collection, "sample_collection")
     _check_detections_field(sample_collection, gt_field)
     dataset = _root_dataset(sample_collection)
     in_use = dataset.count_label_tags(label_fields=gt_field).get(tag, 0)

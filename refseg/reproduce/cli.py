@@ -251,7 +251,8 @@ def _add_job_options(parser: argparse.ArgumentParser, settings: str) -> None:
         "--shots",
         default=None,
         help=(
-            "comma-separated K values (default: the protocol's; custom: every reference of the file)"
+            "comma-separated K values "
+            "(default: the protocol's; custom: every reference of the file)"
         ),
     )
     add("--seeds", default=None, help="comma-separated sampling seeds (default: 33)")
