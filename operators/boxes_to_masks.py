@@ -136,38 +136,25 @@ def _inputs(ctx, inputs) -> None:
 
 def _fill(ctx, progress) -> dict:
     import refseg
-    from refseg.box_masks import iter_box_masks
-    from refseg.failures import FailureReport
-    from refseg.field_safety import check_new_field
 
     gt_field = ctx.params["gt_field"]
-    field = gt_field
+    output_field = None
     if _forms.param(ctx, "write", "in_place") == "new_field":
-        field = ctx.params["output_field"]
-        check_new_field(ctx.dataset, field, what="output_field")
-    tag = _forms.reference_tag(ctx)
-    view = ctx.target_view()
-    if tag is not None:
-        view = view.filter_labels(gt_field, _forms.has_tag(tag))
-    labels = list(refseg.reference_labels(view.filter_labels(gt_field, _forms.no_mask()), gt_field))
+        output_field = ctx.params["output_field"]
     progress(0.0, "Loading SAM2")
-    proposer = _forms.models_of(ctx).build_component(
-        "proposer", device=_forms.device_of(ctx), cache=_common.MODEL_CACHE.get()
+    result = refseg.fill_box_masks(
+        ctx.target_view(),
+        gt_field,
+        output_field=output_field,
+        tag=_forms.reference_tag(ctx),
+        models=_forms.models_of(ctx),
+        device=_forms.device_of(ctx),
+        cache=_common.MODEL_CACHE.get(),
+        skip_failures=bool(_forms.param(ctx, "skip_failures", True)),
+        progress=lambda done, total: progress(done / total, f"Made {done} of {total} masks"),
     )
-    if field != gt_field:
-        ctx.dataset.clone_sample_field(gt_field, field)  # label ids are kept
-    report = FailureReport("boxes_to_masks")
-    masks: dict = {}
-    try:
-        for image_masks in iter_box_masks(
-            labels,
-            proposer,
-            skip_failures=bool(_forms.param(ctx, "skip_failures", True)),
-            failures=report,
-        ):
-            masks.update(image_masks)
-            progress(len(masks) / len(labels), f"Made {len(masks)} of {len(labels)} masks")
-    finally:  # masks made before a failure are written before it propagates
-        if masks:
-            ctx.dataset.set_label_values(f"{field}.detections.mask", masks)
-    return {"num_masks": len(masks), "field": field, **_forms.failure_results(report)}
+    return {
+        "num_masks": result.num_masks,
+        "field": result.field,
+        **_forms.failure_results(result.failures),
+    }
