@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 os.environ["FIFTYONE_DATABASE_NAME"] = f"refseg-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
@@ -37,3 +38,17 @@ def dataset_name(request) -> str:
 
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory) -> Path:
+    """A plugins directory holding a symlink to this repository, as a user installs it, set as
+    FiftyOne's plugins directory for the module (``pytest.mark.usefixtures`` it)."""
+    import fiftyone as fo
+
+    plugins = tmp_path_factory.mktemp("plugins")
+    (plugins / "refseg").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    previous = fo.config.plugins_dir
+    fo.config.plugins_dir = str(plugins)
+    yield plugins
+    fo.config.plugins_dir = previous

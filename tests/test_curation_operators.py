@@ -8,9 +8,6 @@ seconds and can count what is encoded.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 from fiftyone import ViewField as F
@@ -23,7 +20,6 @@ from refseg.config import PredictConfig
 from refseg.models import RANDOM, RANDOM_WEIGHTS, ModelEntry, Models, register_model
 from refseg.synthetic import CLASSES, make_shapes_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "@refseg/refseg"
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50, max_detections=20)
 ENCODER = PaletteEncoder()
@@ -39,16 +35,11 @@ def _proposer(*args):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def plugin_dir(tmp_path_factory):
+def plugin_dir(installed_plugin):
     """The plugin installed as a symlink, and the stand-ins registered as models."""
     register_model(ModelEntry("proposer", "test_shapes", build=_proposer), overwrite=True)
     register_model(ModelEntry("encoder", "test_palette", build=lambda *a: ENCODER), overwrite=True)
-    plugins = tmp_path_factory.mktemp("plugins")
-    (plugins / "refseg").symlink_to(REPO, target_is_directory=True)
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    yield plugins
-    fo.config.plugins_dir = previous
+    return installed_plugin
 
 
 @pytest.fixture(scope="module")

@@ -33,18 +33,10 @@ PLUGIN = "@refseg/refseg"
 MODELS = dict(sam2="sam2.1_hiera_tiny", random_weights=True, device="cpu")
 SETTINGS = dict(points_per_side=4, max_detections=10)
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*random weights")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugin_dir(tmp_path_factory):
-    """A plugins directory holding a symlink to this repository, as a user installs it."""
-    plugins = tmp_path_factory.mktemp("plugins")
-    (plugins / "refseg").symlink_to(REPO, target_is_directory=True)
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    yield plugins
-    fo.config.plugins_dir = previous
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*random weights"),
+    pytest.mark.usefixtures("installed_plugin"),
+]
 
 
 @pytest.fixture(scope="module")

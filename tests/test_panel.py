@@ -14,7 +14,6 @@ import io
 import sys
 from pathlib import Path
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 from fiftyone.server.view import get_view
@@ -31,19 +30,9 @@ from panels import thumbnails
 from panels.last_evaluation import last_evaluation
 from panels.threshold_views import thresholded
 
+pytestmark = pytest.mark.usefixtures("installed_plugin")
 PANEL = "@refseg/refseg/refseg_panel"
 PRED = "bank_predictions"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugin_dir(tmp_path_factory):
-    """A plugins directory holding a symlink to this repository, as a user installs it."""
-    plugins = tmp_path_factory.mktemp("plugins")
-    (plugins / "refseg").symlink_to(REPO, target_is_directory=True)
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    yield plugins
-    fo.config.plugins_dir = previous
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ is built. Every refusal leaves the dataset exactly as it was (``fingerprint``).
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -21,19 +20,9 @@ from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.models import RANDOM_WEIGHTS
 from refseg.synthetic import make_shapes_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("installed_plugin")
 PLUGIN = "@refseg/refseg"
 ENCODER = {"name": "dinov2_vits14", "weights": RANDOM_WEIGHTS}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugin_dir(tmp_path_factory):
-    plugins = tmp_path_factory.mktemp("plugins")
-    (plugins / "refseg").symlink_to(REPO, target_is_directory=True)
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    yield plugins
-    fo.config.plugins_dir = previous
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 from bson import ObjectId
@@ -31,7 +29,6 @@ from refseg.run_record import SHARD_OPERATOR, collection, shard_key
 from refseg.sharding import split_even
 from refseg.synthetic import CLASSES, make_shapes_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = PredictConfig(points_per_side=8, points_batch_size=64)
 STAND_INS = dict(
     proposer="shape-proposer",
@@ -41,7 +38,10 @@ STAND_INS = dict(
 )
 """The stand-ins' ``Models`` fields (the value is made once they are registered)."""
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*random weights")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*random weights"),
+    pytest.mark.usefixtures("installed_plugin"),
+]
 
 
 def _palette(checkpoint, label, device) -> PaletteEncoder:
@@ -62,17 +62,6 @@ def stand_in_models():
     yield
     for entry in entries:
         REGISTRY._entries.pop((entry.kind, entry.name), None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugin_dir(tmp_path_factory):
-    """A plugins directory holding a symlink to this repository, as a user installs it."""
-    plugins = tmp_path_factory.mktemp("plugins")
-    (plugins / "refseg").symlink_to(REPO, target_is_directory=True)
-    previous = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    yield plugins
-    fo.config.plugins_dir = previous
 
 
 @pytest.fixture(scope="module")
