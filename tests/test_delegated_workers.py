@@ -199,6 +199,10 @@ def wait_for(cluster, what: str, predicate, timeout_s: float = FIELD_TIMEOUT_S):
     raise AssertionError(f"timed out waiting for {what}\n{worker_logs(cluster)}")
 
 
+PICKED_UP = {"queued", "running", "completed"}
+"""A shard's states once queued while workers poll the queue (never failed, lost or missing)."""
+
+
 def run_completed(run_id: str):
     return lambda db: db.refseg_runs.find_one({"_id": run_id, "state": "completed"})
 
@@ -210,7 +214,8 @@ def test_two_delegated_workers_run_a_sharded_predict_even_when_one_is_killed(clu
 
     # 1. three shards, two workers: every shard completed once, labels of one process
     run = child(cluster, QUEUE, "sharded")
-    assert run["states"] == ["queued"] * 3
+    # the workers already poll the queue, so one may have claimed a shard by the time it is read
+    assert len(run["states"]) == 3 and set(run["states"]) <= PICKED_UP, run
     wait_for(cluster, "the sharded run", run_completed(run["run_id"]))
     report = child(cluster, CHECK, run["run_id"], "sharded")
     assert report["state"] == "completed", report
@@ -240,7 +245,7 @@ def test_two_delegated_workers_run_a_sharded_predict_even_when_one_is_killed(clu
 
     rerun = child(cluster, RERUN, run["run_id"])
     assert rerun["before"][running["index"]] == "lost", rerun
-    assert rerun["after"][running["index"]] == "queued", rerun
+    assert rerun["after"][running["index"]] in PICKED_UP, rerun  # queued again
     wait_for(cluster, "the re-queued shard", run_completed(run["run_id"]))
     report = child(cluster, CHECK, run["run_id"], "killed", lost_operation)
     assert report["state"] == "completed", report
