@@ -8,11 +8,11 @@ seconds and can count what is encoded.
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 import pytest
 from fiftyone import ViewField as F
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
+from operator_calls import PLUGIN, op, shown, triggered
 from stand_ins import PaletteEncoder, ShapeProposer
 
 import refseg
@@ -20,7 +20,6 @@ from refseg.config import PredictConfig
 from refseg.models import RANDOM, RANDOM_WEIGHTS, ModelEntry, Models, register_model
 from refseg.synthetic import CLASSES, make_shapes_dataset
 
-PLUGIN = "@refseg/refseg"
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50, max_detections=20)
 ENCODER = PaletteEncoder()
 ENCODER.identity = {"name": "test_palette", "weights": RANDOM_WEIGHTS}
@@ -57,19 +56,6 @@ def dataset(tmp_path_factory):
     refseg.predict(targets, refseg.load_bank(ds, "bank"), "pred", config=CONFIG, num_workers=0)
     yield ds
     ds.delete()
-
-
-def op(name: str) -> foo.Operator:
-    return foo.get_operator(f"{PLUGIN}/{name}")
-
-
-def shown(result) -> dict:
-    requests = result.executor.to_json()["requests"]
-    return next(r["params"]["results"] for r in requests if r["operator_uri"] == "show_output")
-
-
-def triggered(result) -> list[str]:
-    return [r["operator_uri"] for r in result.executor.to_json()["requests"]]
 
 
 def run_queued(result, name: str):

@@ -22,6 +22,7 @@ import pytest
 from fiftyone import ViewField as F
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
+from operator_calls import PLUGIN, op, shown, triggered
 
 import refseg
 from refseg.memory import MemoryBank, ReferenceRecord
@@ -29,7 +30,6 @@ from refseg.models import RANDOM_WEIGHTS
 from refseg.synthetic import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN = "@refseg/refseg"
 MODELS = dict(sam2="sam2.1_hiera_tiny", random_weights=True, device="cpu")
 SETTINGS = dict(points_per_side=4, max_detections=10)
 
@@ -48,20 +48,6 @@ def dataset(tmp_path_factory):
     ds.add_sample_field("weather", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
     yield ds
     ds.delete()
-
-
-def op(name: str) -> foo.Operator:
-    return foo.get_operator(f"{PLUGIN}/{name}")
-
-
-def shown(result) -> dict:
-    """The results an immediate run showed in the App (its ``show_output`` request)."""
-    requests = result.executor.to_json()["requests"]
-    return next(r["params"]["results"] for r in requests if r["operator_uri"] == "show_output")
-
-
-def triggered(result) -> list[str]:
-    return [r["operator_uri"] for r in result.executor.to_json()["requests"]]
 
 
 def run_queued(result, name: str):

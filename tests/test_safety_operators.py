@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import numpy as np
 import pytest
 from fiftyone.operators.executor import ExecutionError
+from operator_calls import op, shown
 from test_field_safety import fingerprint
 
 import refseg
@@ -21,7 +21,6 @@ from refseg.models import RANDOM_WEIGHTS
 from refseg.synthetic import make_shapes_dataset
 
 pytestmark = pytest.mark.usefixtures("installed_plugin")
-PLUGIN = "@refseg/refseg"
 ENCODER = {"name": "dinov2_vits14", "weights": RANDOM_WEIGHTS}
 
 
@@ -57,10 +56,6 @@ def dataset(tmp_path_factory):
     ds.delete()
 
 
-def op(name: str) -> foo.Operator:
-    return foo.get_operator(f"{PLUGIN}/{name}")
-
-
 def rejected(dataset, call, *message_parts: str) -> None:
     """Form validation refuses the call with the message, and nothing changed."""
     before = fingerprint(dataset)
@@ -70,11 +65,6 @@ def rejected(dataset, call, *message_parts: str) -> None:
     assert "Validation error" in str(info.value)
     for part in message_parts:
         assert part in str(info.value), str(info.value)
-
-
-def shown(result) -> dict:
-    requests = result.executor.to_json()["requests"]
-    return next(r["params"]["results"] for r in requests if r["operator_uri"] == "show_output")
 
 
 def test_predict_and_preview_forms_refuse_the_references_field(dataset):
