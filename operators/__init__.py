@@ -8,8 +8,8 @@ from .build_memory_bank import BuildMemoryBank
 from .evaluate import Evaluate
 from .manage_banks import ManageBanks
 from .predict import Predict
-from .predict_shard import PredictShard
 from .preview import Preview
+from .run_shard import RunShard
 from .sample_references import SampleReferences
 from .sharded_runs import ShardedRuns
 from .suggest_thresholds import SuggestThresholds
@@ -19,7 +19,7 @@ OPERATORS = (
     BoxesToMasks,
     BuildMemoryBank,
     Predict,
-    PredictShard,
+    RunShard,
     ShardedRuns,
     Evaluate,
     ManageBanks,

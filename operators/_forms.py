@@ -399,6 +399,48 @@ def delegation_notice(ctx, inputs: types.Object) -> None:
         )
 
 
+def shards_input(inputs: types.Object, unit: str) -> None:
+    """The "Shards" input: split the run into delegated shard operations (``refseg.runs``)."""
+    inputs.int(
+        "shards",
+        default=1,
+        min=1,
+        label="Shards",
+        description=f"Split the {unit} into this many delegated operations, run in parallel by "
+        "`fiftyone delegated launch` workers (one per GPU or machine); 1: one run",
+    )
+
+
+def shards_of(ctx) -> int:
+    """The number of shards asked for (1 when none)."""
+    return int(param(ctx, "shards", 1) or 1)
+
+
+def queued_run_results(status) -> dict:
+    """The results of an operator that queued a sharded run (``refseg.run_record.RunStatus``)."""
+    how = (
+        "\n\nStart one `fiftyone delegated launch` worker per GPU or machine (same database "
+        "and plugins); follow the run with `refseg.run_status(dataset, run_id)` or the "
+        "'refseg: sharded runs' operator."
+    )
+    return {
+        "run_id": status.run_id,
+        "num_shards": len(status.shards),
+        "summary": f"```\n{status.summary()}\n```{how}",
+    }
+
+
+def queued_run_output(ctx) -> types.Property | None:
+    """The output form of a queued sharded run, when the results are one."""
+    if not ctx.results.get("run_id"):
+        return None
+    outputs = types.Object()
+    outputs.str("run_id", label="Sharded run")
+    outputs.int("num_shards", label="Shard operations queued")
+    summary(outputs)
+    return output_form(outputs, "Shards queued")
+
+
 def has_tag(tag: str):
     """Label filter: the label carries ``tag``."""
     return F("tags").contains(tag)

@@ -30,6 +30,7 @@ class BoxesToMasks(foo.Operator):
         random_weights=False,
         device=None,
         skip_failures=True,
+        shards=None,
         delegate=False,
         delegation_target=None,
     ):
@@ -37,7 +38,9 @@ class BoxesToMasks(foo.Operator):
         ``refseg.DEFAULT_TAG``, or all with ``all_labels=True``): in place, or in
         ``output_field``, a copy of ``gt_field`` with the masks filled. Samples whose image
         cannot be read are skipped and listed in the output (``skip_failures=False`` fails at
-        the first one, after writing the masks already made).
+        the first one, after writing the masks already made). ``shards`` > 1 queues the work
+        as that many delegated shard operations for ``fiftyone delegated launch`` workers, and
+        the results name the run (``refseg.run_status``).
 
         Example::
 
@@ -54,6 +57,7 @@ class BoxesToMasks(foo.Operator):
             random_weights=random_weights,
             device=device,
             skip_failures=skip_failures,
+            shards=shards,
         )
         return _common.call_operator(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
@@ -75,6 +79,9 @@ class BoxesToMasks(foo.Operator):
     def resolve_output(self, ctx):
         if not ctx.results:
             return None
+        queued = _forms.queued_run_output(ctx)
+        if queued is not None:
+            return queued
         outputs = types.Object()
         outputs.int("num_masks", label="Masks made")
         outputs.str("field", label="Written to")
@@ -131,6 +138,7 @@ def _inputs(ctx, inputs) -> None:
         description="Skip samples whose image cannot be read (they are listed) instead of failing",
         view=types.CheckboxView(),
     )
+    _forms.shards_input(inputs, "work")
     _forms.delegation_notice(ctx, inputs)
 
 
@@ -141,7 +149,8 @@ def _fill(ctx, progress) -> dict:
     output_field = None
     if _forms.param(ctx, "write", "in_place") == "new_field":
         output_field = ctx.params["output_field"]
-    progress(0.0, "Loading SAM2")
+    shards = _forms.shards_of(ctx)
+    progress(0.0, "Loading SAM2" if shards == 1 else "Queueing shards")
     result = refseg.fill_box_masks(
         ctx.target_view(),
         gt_field,
@@ -152,7 +161,12 @@ def _fill(ctx, progress) -> dict:
         cache=_common.MODEL_CACHE.get(),
         skip_failures=bool(_forms.param(ctx, "skip_failures", True)),
         progress=lambda done, total: progress(done / total, f"Made {done} of {total} masks"),
+        shards=shards,
+        delegate=shards > 1,
+        delegation_target=ctx.delegation_target,
     )
+    if shards > 1:
+        return _forms.queued_run_results(result)  # a RunStatus
     return {
         "num_masks": result.num_masks,
         "field": result.field,

@@ -36,6 +36,7 @@ class BuildMemoryBank(foo.Operator):
         overwrite=False,
         skip_failures=None,
         selected_labels=None,
+        shards=None,
         delegate=False,
         delegation_target=None,
     ):
@@ -45,8 +46,10 @@ class BuildMemoryBank(foo.Operator):
         The references are the labels tagged ``tag`` (default ``refseg.DEFAULT_TAG``), or every
         label of the field with ``all_labels=True``; ``selected_labels`` (App format) restricts
         them to those labels. ``skip_failures=True`` leaves out references whose image cannot
-        be read (listed in the output) instead of failing. None arguments take the engine's
-        defaults.
+        be read (listed in the output) instead of failing. ``shards`` > 1 queues the build as
+        that many delegated shard operations for ``fiftyone delegated launch`` workers (many
+        references; the last shard stores the bank), and the results name the run
+        (``refseg.run_status``). None arguments take the engine's defaults.
 
         Example::
 
@@ -67,6 +70,7 @@ class BuildMemoryBank(foo.Operator):
             batch_size=batch_size,
             overwrite=overwrite,
             skip_failures=skip_failures,
+            shards=shards,
         )
         request = {}
         if selected_labels:
@@ -92,6 +96,9 @@ class BuildMemoryBank(foo.Operator):
     def resolve_output(self, ctx):
         if not ctx.results:
             return None
+        queued = _forms.queued_run_output(ctx)
+        if queued is not None:
+            return queued
         outputs = types.Object()
         outputs.str("name", label="Memory bank")
         outputs.int("num_references", label="References")
@@ -153,6 +160,7 @@ def _inputs(ctx, inputs) -> None:
         "instead of failing",
         view=types.CheckboxView(),
     )
+    _forms.shards_input(inputs, "encoding")
     _forms.delegation_notice(ctx, inputs)
 
 
@@ -203,7 +211,8 @@ def _build(ctx, progress) -> dict:
     )
     tag = _forms.reference_tag(ctx)
     report = FailureReport("build_memory_bank")
-    progress(0.0, "Loading models and encoding references")
+    shards = _forms.shards_of(ctx)
+    progress(0.0, "Loading models and encoding references" if shards == 1 else "Queueing shards")
     bank = refseg.build_memory_bank(
         ctx.target_view(),
         ctx.params["gt_field"],
@@ -228,7 +237,12 @@ def _build(ctx, progress) -> dict:
             )
         ),
         failures=report,
+        shards=shards,
+        delegate=shards > 1,
+        delegation_target=ctx.delegation_target,
     )
+    if shards > 1:
+        return _forms.queued_run_results(bank)  # a RunStatus
     progress(1.0, f"Stored memory bank '{ctx.params['name']}'")
     return {
         "name": ctx.params["name"],

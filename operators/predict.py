@@ -92,12 +92,10 @@ class Predict(foo.Operator):
     def resolve_output(self, ctx):
         if not ctx.results:
             return None
+        queued = _forms.queued_run_output(ctx)
+        if queued is not None:
+            return queued
         outputs = types.Object()
-        if ctx.results.get("run_id"):
-            outputs.str("run_id", label="Sharded run")
-            outputs.int("num_shards", label="Shard operations queued")
-            _forms.summary(outputs)
-            return _forms.output_form(outputs, "Shards queued")
         outputs.str("label_field", label="Label field")
         outputs.int("num_samples", label="Samples predicted")
         outputs.int("num_detections", label="Detections written")
@@ -126,14 +124,7 @@ def _inputs(ctx, inputs) -> None:
     if bank is None:
         return
     settings_inputs(inputs)
-    inputs.int(
-        "shards",
-        default=1,
-        min=1,
-        label="Shards",
-        description="Split the run into this many delegated operations, run in parallel by "
-        "`fiftyone delegated launch` workers (one per GPU or machine); 1: one run",
-    )
+    _forms.shards_input(inputs, "run")
     _forms.delegation_notice(ctx, inputs)
 
 
@@ -236,7 +227,7 @@ def _predict(ctx, progress) -> dict:
     key, field = ctx.params["bank"], ctx.params["label_field"]
     view = ctx.target_view()
     existing = ctx.params.get("existing")
-    shards = int(_forms.param(ctx, "shards", 1))
+    shards = _forms.shards_of(ctx)
     if shards > 1:
         return _queue_shards(ctx, progress, view, key, field, existing, shards)
     todo = len(view.exists(field, False)) if existing == "continue" else len(view)
@@ -291,17 +282,7 @@ def _queue_shards(ctx, progress, view, key, field, existing, shards) -> dict:
         resume=existing == "continue",
         delegation_target=ctx.delegation_target,
     )
-    how = (
-        "\n\nStart one `fiftyone delegated launch` worker per GPU or machine (same database "
-        "and plugins); follow the run with `refseg.run_status(dataset, run_id)` or the "
-        "'refseg: sharded runs' operator."
-    )
-    return {
-        "label_field": field,
-        "run_id": status.run_id,
-        "num_shards": len(status.shards),
-        "summary": f"```\n{status.summary()}\n```{how}",
-    }
+    return {"label_field": field, **_forms.queued_run_results(status)}
 
 
 def _effects(ctx) -> list:

@@ -32,7 +32,9 @@ from refseg.references import (
     label_mask,
     masks_from_boxes,
 )
+from refseg.run_record import RunStatus, check_target_free
 from refseg.sampling import ReferenceLabel, reference_labels
+from refseg.sharding import check_delegation
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,42 @@ logger = logging.getLogger(__name__)
 class _Prepared:
     record: ReferenceRecord
     crop: ReferenceCrop
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """Where references come from, and what to do when an image cannot be read.
+
+    Attributes:
+        dataset: the dataset's name, recorded with each reference.
+        field: the label field the references come from.
+        skip_failures: True reports unreadable images into ``report``; False raises.
+        report: receives the samples skipped.
+        negative: whether the references are negative ones.
+    """
+
+    dataset: str
+    field: str
+    skip_failures: bool
+    report: FailureReport
+    negative: bool = False
+
+
+@dataclass(frozen=True)
+class EncodedReferences:
+    """Stages 1-2 done for some reference labels: what a bank is assembled from.
+
+    Attributes:
+        records: one record per reference encoded (R of them), in label order.
+        prototypes: (R, D) float32 instance prototypes, D the encoder's feature dimension.
+        encoder: the encoder's identity (name, weights).
+        proposer: the proposer's identity when one was built (box-only labels), else None.
+    """
+
+    records: list[ReferenceRecord]
+    prototypes: np.ndarray
+    encoder: dict
+    proposer: dict | None
 
 
 def build_memory_bank(
@@ -66,7 +104,10 @@ def build_memory_bank(
     dinov2_checkpoint: str | None = None,
     encoder: FeatureEncoder | None = None,
     proposer: MaskProposer | None = None,
-) -> MemoryBank:
+    shards: int = 1,
+    delegate: bool = False,
+    delegation_target: str | None = None,
+) -> MemoryBank | RunStatus:
     """Encodes the reference labels of a view into a memory bank.
 
     Every label is checked before any model or image is loaded (``refseg.references``): a
@@ -113,10 +154,16 @@ def build_memory_bank(
             ``models`` (see ``Models.of``); ``pretrained=False`` means random weights (tests
             and smoke runs only; warns).
         encoder, proposer: ready components instead of building them from ``models``.
+        shards, delegate, delegation_target: ``delegate=True`` queues the build as ``shards``
+            delegated operations for ``fiftyone delegated launch`` workers (many references:
+            each shard encodes the references of its samples; the last shard to complete
+            assembles the bank and stores it as ``name``, which is then required) and returns
+            at once (see ``refseg.runs``).
 
     Returns:
         The MemoryBank (class names sorted); all its references are negative with
-        ``negative=True``.
+        ``negative=True``. With ``delegate=True``, the queued run's
+        :class:`refseg.run_record.RunStatus` (see ``refseg.run_status``).
 
     Raises:
         InvalidReferenceError: unusable reference labels (see above); nothing is encoded.
@@ -138,6 +185,9 @@ def build_memory_bank(
             "tag references first (refseg.sample_references) or pass another view/field"
         )
     check_references(labels)
+    check_delegation(shards, delegate, [encoder, proposer], what="build")
+    if delegate and name is None:
+        raise ValueError("A delegated build stores the bank with the dataset: pass name=")
     report = failures if failures is not None else FailureReport("build_memory_bank")
     models = Models.of(
         sam2=sam2,
@@ -147,22 +197,69 @@ def build_memory_bank(
         dinov2_checkpoint=dinov2_checkpoint,
         base=models,
     )
+    if delegate:
+        from refseg.sharded_bank import queue_memory_bank
+
+        return queue_memory_bank(
+            reference_view, gt_field, labels, name, shards=shards, models=models, config=config,
+            negative=negative, device=None if device is None else str(device),
+            batch_size=batch_size, overwrite=overwrite, skip_failures=skip_failures,
+            delegation_target=delegation_target,
+        )  # fmt: skip
     lock = RunLock(dataset, f"bank:{name}", description=f"refseg.build_memory_bank {name!r}")
     with lock if name is not None else nullcontext():
-        cache = cache or ModelCache()
-        encoder = encoder or models.build_component("encoder", device=device, cache=cache)
-        needs_proposer = any(not label.detection.has_mask for label in labels)
-        if needs_proposer and proposer is None:
-            proposer = models.build_component("proposer", device=device, cache=cache)
-        source = _Source(dataset.name, gt_field, skip_failures, report, negative)
-        records, prototypes = _encode(
-            labels, encoder, proposer, config, source, batch_size, progress
-        )
-        _check_kept(labels, records, report)
-        bank = _assemble(records, prototypes, encoder, proposer, models, config)
+        if name is not None:
+            check_target_free(dataset, f"bank:{name}", lock.run_id)
+        source = ReferenceSource(dataset.name, gt_field, skip_failures, report, negative)
+        encoded = encode_references(
+            labels, models, config, source=source, device=device, cache=cache,
+            batch_size=batch_size, progress=progress, encoder=encoder, proposer=proposer,
+        )  # fmt: skip
+        check_kept({label.detection.label for label in labels}, len(labels), encoded, report)
+        bank = assemble_bank(encoded, models, config)
         if name is not None:
             save_bank(dataset, name, bank, overwrite=overwrite, run_id=lock.run_id)
     return bank
+
+
+def encode_references(
+    labels: list[ReferenceLabel],
+    models: Models,
+    config: ReferenceConfig,
+    *,
+    source: ReferenceSource,
+    device: str | torch.device | None = None,
+    cache: ModelCache | None = None,
+    batch_size: int = 16,
+    progress: bool | Callable[[int, int], None] = False,
+    encoder: FeatureEncoder | None = None,
+    proposer: MaskProposer | None = None,
+) -> EncodedReferences:
+    """Stages 1-2 for checked reference labels (``refseg.references.check_references``): the
+    encoder is built, and the proposer when a label has no mask; each image is read once.
+
+    Args:
+        labels: the labels, in the order their references get in the bank.
+        models, config: the models to build and the reference settings.
+        source: the references' dataset and field, and what to do with unreadable images.
+        device, cache, batch_size, progress, encoder, proposer: as ``build_memory_bank``.
+
+    Raises:
+        SampleError: ``source.skip_failures`` is False and an image cannot be read.
+        InvalidReferenceError: a mask turns out empty, or has no weight on the encoder's grid.
+    """
+    cache = cache or ModelCache()
+    encoder = encoder or models.build_component("encoder", device=device, cache=cache)
+    needs_proposer = any(not label.detection.has_mask for label in labels)
+    if needs_proposer and proposer is None:
+        proposer = models.build_component("proposer", device=device, cache=cache)
+    records, prototypes = _encode(labels, encoder, proposer, config, source, batch_size, progress)
+    return EncodedReferences(
+        records=records,
+        prototypes=prototypes,
+        encoder=dict(encoder.identity),
+        proposer=dict(proposer.identity) if proposer is not None else None,
+    )
 
 
 def _encode(labels, encoder, proposer, config, source, batch_size, progress):
@@ -183,18 +280,7 @@ def _encode(labels, encoder, proposer, config, source, batch_size, progress):
     )
 
 
-@dataclass(frozen=True)
-class _Source:
-    """Where the references come from, and what to do when an image cannot be read."""
-
-    dataset: str
-    field: str
-    skip_failures: bool
-    report: FailureReport
-    negative: bool = False
-
-
-def _prepare(labels, encoder, proposer, config, source: _Source):
+def _prepare(labels, encoder, proposer, config, source: ReferenceSource):
     """Yields each label's crop, decoding each image once; unreadable images are reported
     (``skip_failures``) or raised."""
     by_image: dict[str, list[ReferenceLabel]] = defaultdict(list)
@@ -241,7 +327,9 @@ def _check_sizes(labels: list[ReferenceLabel], boxes: list[tuple[float, ...]]) -
             )
 
 
-def _image_failed(labels: list[ReferenceLabel], error: ImageReadError, source: _Source) -> None:
+def _image_failed(
+    labels: list[ReferenceLabel], error: ImageReadError, source: ReferenceSource
+) -> None:
     """Reports each sample of an unreadable image, or raises for the first one."""
     for sample_id in dict.fromkeys(label.sample_id for label in labels):
         failure = SampleFailure(sample_id, error.filepath, str(error))
@@ -306,15 +394,25 @@ def _check_weights(batch: list[_Prepared], weight_sums: torch.Tensor, config) ->
             )
 
 
-def _check_kept(labels: list[ReferenceLabel], records: list[ReferenceRecord], report) -> None:
+def check_kept(
+    classes: set[str], num_labels: int, encoded: EncodedReferences, report: FailureReport
+) -> None:
     """Raises when no reference was kept; warns about classes whose references were all
-    skipped."""
+    skipped.
+
+    Args:
+        classes: the classes of the labels given.
+        num_labels: how many labels were given.
+        encoded: what was encoded of them.
+        report: the samples skipped, for the message.
+    """
+    records = encoded.records
     if not records:
         raise ValueError(
-            f"None of the {len(labels)} reference labels could be encoded: every image failed "
+            f"None of the {num_labels} reference labels could be encoded: every image failed "
             f"to be read.\n{report.summary()}"
         )
-    lost = sorted({label.detection.label for label in labels} - {r.label for r in records})
+    lost = sorted(classes - {r.label for r in records})
     if lost:
         logger.warning(
             "build_memory_bank: classes %s have no reference left after skipping unreadable "
@@ -323,16 +421,19 @@ def _check_kept(labels: list[ReferenceLabel], records: list[ReferenceRecord], re
         )
 
 
-def _assemble(records, prototypes, encoder, proposer, models: Models, config) -> MemoryBank:
+def assemble_bank(encoded: EncodedReferences, models: Models, config) -> MemoryBank:
+    """The bank of encoded references (class names sorted); the proposer's identity is the
+    one built, else the one ``models`` names."""
+    records = encoded.records
     class_names = tuple(sorted({r.label for r in records}))
     index = {name: i for i, name in enumerate(class_names)}
     return MemoryBank(
         class_names=class_names,
-        prototypes=prototypes.astype(np.float32),
+        prototypes=encoded.prototypes.astype(np.float32),
         labels=np.array([index[r.label] for r in records], dtype=np.int64),
         references=tuple(records),
-        encoder=dict(encoder.identity),
-        proposer=dict(proposer.identity) if proposer is not None else _unbuilt_identity(models),
+        encoder=dict(encoded.encoder),
+        proposer=dict(encoded.proposer) if encoded.proposer else _unbuilt_identity(models),
         settings=config,
     )
 

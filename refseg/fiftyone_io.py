@@ -64,14 +64,17 @@ def save_bank(
     Raises:
         ValueError: ``key`` is not a valid name, or names another run of the dataset (a bank
             without ``overwrite``; any other kind of run always).
-        RunLockedError: another run is writing this bank name.
+        RunLockedError: another run is writing this bank name, or a sharded build of it is
+            unfinished.
     """
     from refseg.field_safety import check_bank_name  # field_safety imports this module
     from refseg.locks import RunLock
+    from refseg.run_record import check_target_free
 
     check_bank_name(dataset, key, overwrite=overwrite)
     lock = RunLock(dataset, f"bank:{key}", run_id=run_id, description=f"refseg.save_bank {key!r}")
     with lock:
+        check_target_free(dataset, f"bank:{key}", lock.run_id)  # a sharded build of this name
         _store_bank(dataset, key, bank, overwrite=overwrite)
 
 

@@ -31,6 +31,7 @@ from refseg.models import ModelCache, Models
 from refseg.parallel import Devices, predict_on_devices, resolve_devices
 from refseg.run_record import check_field_free
 from refseg.segmenter import Segmenter
+from refseg.sharding import check_delegation
 from refseg.stream import segment_stream
 from refseg.timing import NoTimer, StageTimer
 from refseg.writer import LabelWriter
@@ -260,13 +261,7 @@ def _check_scaling(devices, device, shards, delegate, proposer, encoder) -> None
             "`fiftyone delegated launch` workers: choose one (a delegated worker uses device=, "
             "by default its CUDA device; give each worker a GPU with CUDA_VISIBLE_DEVICES)"
         )
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
-    if shards != 1 and not delegate:
-        raise ValueError(
-            f"shards={shards} splits a delegated run: pass delegate=True as well (workers: "
-            "`fiftyone delegated launch`); to use the devices of this machine pass devices=[...]"
-        )
+    check_delegation(shards, delegate)
 
 
 def _samples_to_predict(view, label_field: str, *, overwrite: bool, resume: bool):

@@ -1,17 +1,24 @@
 """The record of a sharded run: what ties its delegated shard operations together.
 
-A sharded run (``refseg.predict(..., shards=N, delegate=True)``, or the predict operator with
-``shards`` > 1) is N delegated operations of FiftyOne, one per shard, executed by any number of
-``fiftyone delegated launch`` workers. What binds them is a record in the ``refseg_runs``
-collection of FiftyOne's database (beside ``refseg_locks``):
+A sharded run is N delegated operations of FiftyOne, one per shard, executed by any number of
+``fiftyone delegated launch`` workers. Three tasks are sharded (the run's ``task``):
+``predict`` (``refseg.predict(..., shards=N, delegate=True)``), ``boxes_to_masks``
+(``refseg.fill_box_masks(..., shards=N, delegate=True)``) and ``memory_bank``
+(``refseg.build_memory_bank(..., shards=N, delegate=True)``), and the operators of each with
+``shards`` > 1. What binds a run's operations is a record in the ``refseg_runs`` collection of
+FiftyOne's database (beside ``refseg_locks``):
 
-- one run document, ``_id`` = the run id: dataset, label field, bank name and a digest of the
-  bank's content, the ``refseg.Models`` value, the prediction settings, the number of shards
-  and ``state`` (``active`` until every shard completed, or ``cancelled``);
-- one document per shard, ``_id`` = ``"<run id>:<index>"``: the shard's sample ids, fixed when
-  the run is queued (samples added to or removed from the dataset later change no shard), the
-  FiftyOne operation that runs it, and while it runs, the host, process and a heartbeat of the
-  process running it; when it ends, its result (samples, detections, failures) or its error.
+- one run document, ``_id`` = the run id: the task, the dataset, what it writes (``target``:
+  ``field:<name>`` or ``bank:<name>``), the ``refseg.Models`` value, the task's settings, the
+  number of shards and ``state`` (``active`` until the run is done, or ``cancelled``);
+- one document per shard, ``_id`` = ``"<run id>:<index>"``: the shard's sample ids (and, for
+  boxes to masks and banks, its label ids), fixed when the run is queued (samples added to or
+  removed from the dataset later change no shard), the FiftyOne operation that runs it, and
+  while it runs, the host, process and a heartbeat of the process running it; when it ends,
+  its result (counts, failures) or its error;
+- for a bank, the encoded references of each completed shard (``part`` documents, each under
+  MongoDB's 16 MB limit), which the last shard to complete assembles into the bank
+  (``refseg.sharded_bank``).
 
 Why a collection of our own rather than a FiftyOne custom run on the dataset: N workers on N
 machines update their shard's state at once, and MongoDB updates one document atomically, while
@@ -23,7 +30,8 @@ completed, failed, ``lost`` (the operation says running but the process running 
 its heartbeat is older than ``refseg.locks.LOCK_TIMEOUT_S``, or it ran on this machine and its
 process no longer exists; FiftyOne 1.22 leaves a killed worker's operation RUNNING forever), or
 ``missing`` (its operation was deleted). ``refseg.runs.rerun_shards`` re-queues the failed, lost
-and missing ones; progress counts the samples of each shard that have a value in the field.
+and missing ones. Progress counts the samples of each shard that are done: with a value in the
+field (predict), without a box-only label left (boxes to masks), in a completed shard (bank).
 """
 
 from __future__ import annotations
@@ -47,8 +55,11 @@ from refseg.memory import MemoryBank
 RUNS_COLLECTION = "refseg_runs"
 logger = logging.getLogger(__name__)
 
-SHARD_OPERATOR = "@refseg/refseg/predict_shard"
-"""The plugin operator that executes one shard (``operators/predict_shard.py``)."""
+SHARD_OPERATOR = "@refseg/refseg/run_shard"
+"""The plugin operator that executes one shard of any task (``operators/run_shard.py``)."""
+
+PREDICT, BOXES_TO_MASKS, MEMORY_BANK = "predict", "boxes_to_masks", "memory_bank"
+"""The tasks a sharded run can have."""
 
 ACTIVE, COMPLETED, CANCELLED = "active", "completed", "cancelled"
 """Stored states of a run."""
@@ -66,7 +77,7 @@ class ShardStatus:
         state: ``queued``, ``running``, ``completed``, ``failed``, ``lost`` (its worker is
             gone while FiftyOne still says running) or ``missing`` (its operation was deleted).
         num_samples: samples in the shard.
-        done: samples of the shard with a value in the field.
+        done: samples of the shard that are done (see the module docstring).
         operation_id: the latest FiftyOne delegated operation of the shard.
         operation_state: that operation's ``run_state`` (None when missing).
         worker: ``host:pid`` of the process running it (or that ran it last), "" if none.
@@ -97,16 +108,19 @@ class RunStatus:
     Attributes:
         run_id: the run.
         dataset: the dataset's name.
-        label_field: the field written.
-        bank: the name of the stored memory bank applied.
-        state: ``completed`` (every shard), ``running`` (a shard queued or running),
-            ``failed`` (nothing in flight and a shard failed, lost or missing: see
+        label_field: the field written ("" for a bank).
+        bank: the name of the stored memory bank applied, or built.
+        state: ``completed`` (every shard, and for a bank its assembly), ``running`` (a shard
+            queued or running, or the bank being assembled), ``failed`` (nothing in flight and
+            a shard failed, lost or missing, or the bank's assembly failed: see
             ``refseg.runs.rerun_shards``) or ``cancelled``.
         shards: one :class:`ShardStatus` per shard.
         created: when the run was queued, UTC.
         settings: what the run was queued with: ``models`` (a ``refseg.Models`` as a dict),
-            ``config`` (a ``PredictConfig`` as a dict) and ``settings`` (batch size, device,
-            decoding workers, write_every, skip_failures).
+            ``config`` (the task's config as a dict) and ``settings`` (device, batch size,
+            skip_failures and the like).
+        task: ``predict``, ``boxes_to_masks`` or ``memory_bank``.
+        finish_error: for a bank, why assembling it from the shards' parts failed ("" if not).
     """
 
     run_id: str
@@ -117,6 +131,8 @@ class RunStatus:
     shards: tuple[ShardStatus, ...]
     created: datetime | None = None
     settings: dict = field(default_factory=dict)
+    task: str = PREDICT
+    finish_error: str = ""
 
     @property
     def num_samples(self) -> int:
@@ -124,7 +140,7 @@ class RunStatus:
 
     @property
     def done(self) -> int:
-        """Samples of the run with a value in the field, summed over shards."""
+        """Samples of the run that are done, summed over shards."""
         return sum(s.done for s in self.shards)
 
     @property
@@ -135,7 +151,7 @@ class RunStatus:
     @property
     def failures(self) -> FailureReport:
         """The samples skipped by the shards' last completed executions, merged."""
-        return FailureReport("predict", [f for s in self.shards for f in s.failures])
+        return FailureReport(self.task, [f for s in self.shards for f in s.failures])
 
     @property
     def operation_ids(self) -> list[str | None]:
@@ -143,8 +159,13 @@ class RunStatus:
 
     def summary(self) -> str:
         """A few lines for logs and the App: the run, then one line per shard."""
+        what = (
+            f"building bank {self.bank!r}"
+            if self.task == MEMORY_BANK
+            else f"{self.task.replace('_', ' ')} into {self.label_field!r}"
+        )
         head = (
-            f"run {self.run_id} into {self.label_field!r} of {self.dataset!r}: {self.state}, "
+            f"run {self.run_id} ({what}) of {self.dataset!r}: {self.state}, "
             f"{self.done} of {self.num_samples} samples done in {len(self.shards)} shard(s)"
         )
         lines = [head]
@@ -162,6 +183,11 @@ class RunStatus:
         if any(s.state in NEEDS_RERUN for s in self.shards):
             lines.append(
                 f"re-queue the failed shards with refseg.rerun_shards(dataset, {self.run_id!r})"
+            )
+        elif self.finish_error and self.state == "failed":
+            lines.append(
+                f"assembling the bank failed: {self.finish_error.strip().splitlines()[-1]}; "
+                f"retry with refseg.rerun_shards(dataset, {self.run_id!r})"
             )
         return "\n".join(lines)
 
@@ -222,31 +248,54 @@ def list_sharded_runs(dataset: Any) -> list[str]:
 def run_status(dataset: Any, run_id: str) -> RunStatus:
     """The state of a sharded run and of each of its shards (see the module docstring).
 
-    A run whose shards all completed is marked completed in the record here too, so that a
-    crash between a last shard's end and its update of the run leaves no run active forever.
+    A predict or boxes-to-masks run whose shards all completed is marked completed in the
+    record here too, so that a crash between a last shard's end and its update of the run
+    leaves no run active forever (a bank run is completed by its assembly).
     """
     run = load_run(dataset, run_id)
     shards = load_shards(run_id)
     operations = shard_operations(run_id)
-    all_ids = [i for s in shards for i in s["sample_ids"]]
-    written = (
-        set(dataset.select(all_ids).exists(run["label_field"]).values("id")) if all_ids else set()
-    )
+    done = done_sample_ids(dataset, run, shards)
     now = _now()
-    statuses = tuple(_shard_status(s, operations.get(s["index"]), written, now) for s in shards)
-    state = _run_state(run, statuses)
-    if state == COMPLETED and run["state"] == ACTIVE:
+    statuses = tuple(_shard_status(s, operations.get(s["index"]), done, now) for s in shards)
+    state = _run_state(run, statuses, now)
+    task = run.get("task", PREDICT)
+    if state == COMPLETED and run["state"] == ACTIVE and task != MEMORY_BANK:
         collection().update_one({"_id": run_id, "state": ACTIVE}, {"$set": {"state": COMPLETED}})
+    finish = run.get("finish") or {}
     return RunStatus(
         run_id=run_id,
         dataset=run["dataset"],
-        label_field=run["label_field"],
+        label_field=run.get("label_field", ""),
         bank=run["bank"],
         state=state,
         shards=statuses,
         created=_aware(run.get("created")),
         settings={k: run[k] for k in ("models", "config", "settings") if k in run},
+        task=task,
+        finish_error=finish.get("error", "") if finish.get("state") == "failed" else "",
     )
+
+
+def done_sample_ids(dataset: Any, run: dict, shards: list[dict]) -> set[str]:
+    """The sample ids of a run's shards that are done: with a value in the field (predict),
+    with no box-only label of the run left (boxes to masks), in a completed shard (bank)."""
+    task = run.get("task", PREDICT)
+    if task == MEMORY_BANK:
+        return {i for s in shards if s.get("state") == "completed" for i in s["sample_ids"]}
+    all_ids = [i for s in shards for i in s["sample_ids"]]
+    if not all_ids:
+        return set()
+    view = dataset.select(all_ids)
+    if task == PREDICT:
+        return set(view.exists(run["label_field"]).values("id"))
+    from refseg.fill_masks import box_only
+
+    field = run["label_field"]
+    label_ids = [i for s in shards for i in s["label_ids"]]
+    chosen = view.select_labels(ids=label_ids, fields=field)
+    left = set(chosen.filter_labels(field, box_only()).values("id"))
+    return set(all_ids) - left
 
 
 def shard_operations(run_id: str) -> dict[int, Any]:
@@ -270,11 +319,18 @@ def shard_operations(run_id: str) -> dict[int, Any]:
 
 
 def check_field_free(dataset: Any, label_field: str, run_id: str) -> None:
-    """Refuses to write ``label_field`` while another sharded run into it is unfinished.
+    """Refuses to write ``label_field`` while another sharded run into it is unfinished
+    (:func:`check_target_free` of ``field:<label_field>``)."""
+    check_target_free(dataset, f"field:{label_field}", run_id)
 
-    The field's lock (``refseg.locks``) guards the field while a process writes it; between
-    the shards of a delegated run no process may be running, so the unfinished run reserves
-    the field until it completes or is cancelled.
+
+def check_target_free(dataset: Any, target: str, run_id: str) -> None:
+    """Refuses to write ``target`` (``field:<name>`` or ``bank:<name>``) while another sharded
+    run writing it is unfinished.
+
+    The target's lock (``refseg.locks``) guards it while a process writes it; between the
+    shards of a delegated run no process may be running, so the unfinished run reserves the
+    target until it completes or is cancelled.
 
     Raises:
         RunLockedError: naming the run, its progress and how to finish or cancel it.
@@ -283,7 +339,7 @@ def check_field_free(dataset: Any, label_field: str, run_id: str) -> None:
         {
             "kind": "run",
             "dataset_id": str(dataset._doc.id),
-            "label_field": label_field,
+            "target": target,
             "state": ACTIVE,
             "_id": {"$ne": run_id},
         },
@@ -293,12 +349,14 @@ def check_field_free(dataset: Any, label_field: str, run_id: str) -> None:
         status = run_status(dataset, candidate["_id"])
         if status.state in (COMPLETED, CANCELLED):
             continue
+        kind, name = target.split(":", 1)
+        what = "Field" if kind == "field" else "Memory bank"
         raise RunLockedError(
-            f"Field {label_field!r} of dataset {dataset.name!r} belongs to the sharded run "
+            f"{what} {name!r} of dataset {dataset.name!r} belongs to the sharded run "
             f"{status.run_id}, which is {status.state} ({status.done} of {status.num_samples} "
             f"samples done). Let it finish (refseg.rerun_shards(dataset, {status.run_id!r}) "
             "re-queues its failed shards), or cancel it with "
-            f"refseg.cancel_run(dataset, {status.run_id!r}); or write another field."
+            f"refseg.cancel_run(dataset, {status.run_id!r}); or write another {kind}."
         )
 
 
@@ -365,17 +423,15 @@ class ShardExecution:
             self._end("failed", error=error, num_samples=self._processed)
 
     def processed(self, count: int) -> None:
-        """Records how many samples this execution has predicted so far."""
+        """Records how many samples (or labels) this execution has done so far."""
         self._processed = count
         collection().update_one({"_id": self.key}, {"$set": {"execution.processed": count}})
 
-    def completed(self, num_samples: int, num_detections: int, failures: FailureReport) -> None:
-        result = {
-            "num_samples": num_samples,
-            "num_detections": num_detections,
-            "failures": [f.to_dict() for f in failures],
-        }
-        self._end("completed", result=result, num_samples=num_samples)
+    def completed(self, num_samples: int, failures: FailureReport, **counts: int) -> None:
+        """Records the shard completed: samples done, samples skipped, and the task's counts
+        (``num_detections``, ``num_masks``, ``num_references``)."""
+        result = {"num_samples": num_samples, "failures": [f.to_dict() for f in failures]}
+        self._end("completed", result={**result, **counts}, num_samples=num_samples)
 
     def _end(
         self, state: str, *, num_samples: int, result: dict | None = None, error: str = ""
@@ -408,19 +464,23 @@ class ShardExecution:
                 logger.warning("heartbeat of shard %s failed: %s", self.key, error)
 
 
-def mark_completed_if_done(run_id: str) -> None:
-    """Marks the run completed once every shard's last execution completed."""
+def all_shards_completed(run_id: str) -> bool:
+    """Whether every shard's last execution completed."""
     pending = collection().count_documents(
         {"kind": "shard", "run_id": run_id, "state": {"$ne": "completed"}}
     )
-    if pending == 0:
-        collection().update_one({"_id": run_id, "state": ACTIVE}, {"$set": {"state": COMPLETED}})
+    return pending == 0
+
+
+def mark_completed(run_id: str) -> None:
+    """Marks an active run completed."""
+    collection().update_one({"_id": run_id, "state": ACTIVE}, {"$set": {"state": COMPLETED}})
 
 
 # -- states ---------------------------------------------------------------------------------
 
 
-def _shard_status(shard: dict, operation: Any, written: set[str], now: datetime) -> ShardStatus:
+def _shard_status(shard: dict, operation: Any, done: set[str], now: datetime) -> ShardStatus:
     execution = shard.get("execution") or {}
     last = (shard.get("history") or [{}])[-1]
     result = shard.get("result") or {}
@@ -428,7 +488,7 @@ def _shard_status(shard: dict, operation: Any, written: set[str], now: datetime)
         index=shard["index"],
         state=_shard_state(shard, operation, now),
         num_samples=len(shard["sample_ids"]),
-        done=sum(1 for i in shard["sample_ids"] if i in written),
+        done=sum(1 for i in shard["sample_ids"] if i in done),
         operation_id=None if operation is None else str(operation.id),
         operation_state=None if operation is None else operation.run_state,
         worker=f"{execution['host']}:{execution['pid']}" if execution else last.get("worker", ""),
@@ -466,15 +526,39 @@ def _shard_state(shard: dict, operation: Any, now: datetime) -> str:
     return "running" if starting else "lost"  # claimed, but never reached the shard's code
 
 
-def _run_state(run: dict, shards: tuple[ShardStatus, ...]) -> str:
+def _run_state(run: dict, shards: tuple[ShardStatus, ...], now: datetime) -> str:
     if run["state"] == CANCELLED:
         return CANCELLED
+    if run["state"] == COMPLETED and run.get("task") == MEMORY_BANK:
+        return COMPLETED  # assembled; its parts are gone
     states = {s.state for s in shards}
     if states <= {"completed"}:
-        return COMPLETED
+        return _finish_state(run, shards, now) if run.get("task") == MEMORY_BANK else COMPLETED
     if states & {"queued", "running"}:
         return "running"
     return "failed"
+
+
+def _finish_state(run: dict, shards: tuple[ShardStatus, ...], now: datetime) -> str:
+    """A bank run whose shards all completed: ``running`` while the bank is assembled (the
+    last shard to complete does it), ``failed`` when the assembly failed, its process died,
+    or it never started (``refseg.runs.rerun_shards`` retries it)."""
+    finish = run.get("finish") or {}
+    if finish.get("state") == "running":
+        return "running" if assembly_alive(finish, now) else "failed"
+    if finish.get("state") == "failed":
+        return "failed"
+    ends = [_aware(h["finished"]) for s in shards for h in s.history if h.get("finished")]
+    last_end = max(ends, default=now)
+    return "running" if (now - last_end).total_seconds() <= LOCK_TIMEOUT_S else "failed"
+
+
+def assembly_alive(finish: dict, now: datetime) -> bool:
+    """Whether the process assembling a bank (``finish`` of its run document: host, pid,
+    started) still counts: on this machine, its process exists; and it started less than
+    ``refseg.locks.LOCK_TIMEOUT_S`` ago (an assembly takes seconds)."""
+    holder = Holder("", finish["host"], finish["pid"], _aware(finish["started"]))
+    return holder.alive(now, LOCK_TIMEOUT_S)
 
 
 def _now() -> datetime:

@@ -1,14 +1,16 @@
-"""Many machines: one predict run queued as N shard operations of FiftyOne's delegated engine.
+"""Many machines: one run queued as N shard operations of FiftyOne's delegated engine.
 
 ``refseg.predict(view, bank, field, shards=N, delegate=True)`` (or the predict operator with
 ``shards`` > 1) splits the samples to predict into N disjoint shards, writes the run's record
 (``refseg.run_record``) and queues one delegated operation per shard, of the plugin operator
-``predict_shard``. Any number of ``fiftyone delegated launch`` workers sharing the database
+``run_shard``. Any number of ``fiftyone delegated launch`` workers sharing the database
 execute them: a worker claims a queued operation atomically (FiftyOne 1.22's
 ``set_running(required_state=QUEUED)``, a single ``find_one_and_update``), so each shard runs
 once. A shard is ``refseg.predict`` on its samples with ``resume=True`` under the run's id: it
 skips the samples already written and joins the field's lock with its sibling shards, so
 running it again (after a failure, or twice) never duplicates nor changes another shard's labels.
+Boxes to masks (``refseg.sharded_fill``) and building a bank (``refseg.sharded_bank``) are
+sharded the same way, with the same record, operator, re-queueing and cancelling.
 
 There is no scheduler here: FiftyOne queues, claims and runs the operations. A worker killed
 mid-shard leaves its operation RUNNING in FiftyOne 1.22 (nothing there notices a dead worker);
@@ -41,17 +43,21 @@ from refseg.memory import MemoryBank
 from refseg.models import ModelCache, Models
 from refseg.run_record import (
     ACTIVE,
+    BOXES_TO_MASKS,
     CANCELLED,
     COMPLETED,
+    MEMORY_BANK,
     NEEDS_RERUN,
+    PREDICT,
     SHARD_OPERATOR,
     RunStatus,
     ShardExecution,
+    all_shards_completed,
     bank_digest,
     check_field_free,
     collection,
     load_run,
-    mark_completed_if_done,
+    mark_completed,
     run_status,
     shard_key,
 )
@@ -120,9 +126,10 @@ def queue_predict(
         ids = list(todo.values("id"))
         ensure_detections_field(dataset, label_field)
         parts = split_even(ids, shards)
-        _insert_record(
-            dataset, run_id, label_field, bank_name, stored, models, parts,
-            config=config.to_dict(),
+        run = insert_run(
+            dataset, run_id, PREDICT, f"field:{label_field}", parts,
+            label_field=label_field, bank=bank_name, bank_digest=bank_digest(stored),
+            models=models.to_dict(), config=config.to_dict(),
             settings={
                 "batch_size": batch_size, "device": device, "num_workers": num_workers,
                 "write_every": write_every, "skip_failures": skip_failures,
@@ -130,7 +137,7 @@ def queue_predict(
             delegation_target=delegation_target,
         )  # fmt: skip
         for index in range(len(parts)):
-            queue_shard(dataset, run_id, index, len(parts), label_field, delegation_target)
+            queue_shard(dataset, run, index)
     status = run_status(dataset, run_id)
     logger.info("%s", status.summary())
     return status
@@ -144,11 +151,13 @@ def run_shard(
     operation_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cache: ModelCache | None = None,
-) -> PredictResult:
-    """Predicts one shard of a queued run (what the ``predict_shard`` operation does).
+) -> Any:
+    """Runs one shard of a queued run, of any task (what the ``run_shard`` operation does).
 
-    Resumes: samples of the shard already written are skipped. The shard's state, heartbeat
-    and result are kept in the run's record.
+    Resumes: the shard's samples already done are skipped (a bank shard encodes its
+    references again). The shard's state, heartbeat and result are kept in the run's record.
+    The last shard of a run to complete marks it completed; for a bank, it first assembles
+    the bank from the shards' parts and stores it (``refseg.sharded_bank.finish_bank_run``).
 
     Args:
         dataset: the run's dataset.
@@ -157,17 +166,39 @@ def run_shard(
         progress: receives ``(samples of the shard done, samples in the shard)``.
         cache: a ModelCache, so a worker loads its models once for all the shards it runs.
 
+    Returns:
+        The task's result for the shard: a ``PredictResult``, a ``FillMasksResult`` or a
+        ``refseg.sharded_bank.BankShardResult``.
+
     Raises:
         ValueError: no such run or shard, or the run's bank was changed since it was queued.
         RuntimeError: the run was cancelled.
-        Any error of ``refseg.predict``; the shard is then recorded as failed.
+        Any error of the task; the shard is then recorded as failed.
     """
+    from refseg.sharded_bank import encode_shard, finish_bank_run
+    from refseg.sharded_fill import fill_shard
+
     run = load_run(dataset, run_id)
     if run["state"] == CANCELLED:
         raise RuntimeError(f"refseg run {run_id} was cancelled; its shard {index} is not run")
     shard = collection().find_one({"_id": shard_key(run_id, index)})
     if shard is None:
         raise ValueError(f"refseg run {run_id} has no shard {index} (it has {run['num_shards']})")
+    task = run.get("task", PREDICT)
+    execute = {PREDICT: _predict_shard, BOXES_TO_MASKS: fill_shard, MEMORY_BANK: encode_shard}
+    with ShardExecution(run_id, index, operation_id) as execution:
+        result = execute[task](dataset, run, shard, execution, cache, progress)
+    if all_shards_completed(run_id):
+        if task == MEMORY_BANK:
+            finish_bank_run(dataset, run_id)
+        else:
+            mark_completed(run_id)
+    return result
+
+
+def _predict_shard(dataset, run, shard, execution, cache, progress) -> PredictResult:
+    """``refseg.predict`` on the shard's samples without a value, under the run's id."""
+    run_id = run["_id"]
     bank = load_bank(dataset, run["bank"])
     if bank_digest(bank) != run["bank_digest"]:
         raise ValueError(
@@ -178,31 +209,29 @@ def run_shard(
     field, settings = run["label_field"], run["settings"]
     view = dataset.select(shard["sample_ids"])
     before = len(view.exists(field))
-    with ShardExecution(run_id, index, operation_id) as execution:
 
-        def on_progress(done: int, total: int) -> None:
-            execution.processed(done)
-            if progress is not None:
-                progress(before + done, len(shard["sample_ids"]))
+    def on_progress(done: int, total: int) -> None:
+        execution.processed(done)
+        if progress is not None:
+            progress(before + done, len(shard["sample_ids"]))
 
-        result = predict(
-            view,
-            bank,
-            field,
-            models=Models.from_dict(run["models"]),
-            config=PredictConfig.from_dict(run["config"]),
-            batch_size=settings["batch_size"],
-            device=settings["device"],
-            num_workers=settings["num_workers"],
-            write_every=settings["write_every"],
-            resume=True,
-            skip_failures=settings["skip_failures"],
-            run_id=run_id,
-            cache=cache,
-            progress=on_progress,
-        )
-        execution.completed(result.num_samples, result.num_detections, result.failures)
-    mark_completed_if_done(run_id)
+    result = predict(
+        view,
+        bank,
+        field,
+        models=Models.from_dict(run["models"]),
+        config=PredictConfig.from_dict(run["config"]),
+        batch_size=settings["batch_size"],
+        device=settings["device"],
+        num_workers=settings["num_workers"],
+        write_every=settings["write_every"],
+        resume=True,
+        skip_failures=settings["skip_failures"],
+        run_id=run_id,
+        cache=cache,
+        progress=on_progress,
+    )
+    execution.completed(result.num_samples, result.failures, num_detections=result.num_detections)
     return result
 
 
@@ -210,7 +239,9 @@ def rerun_shards(dataset: Any, run_id: str, shards: list[int] | None = None) -> 
     """Queues again the shards of a run that need it: failed, lost (their worker is gone while
     FiftyOne says running; that operation is marked failed first) or missing.
 
-    Each re-queued shard resumes: only its samples without a value are predicted.
+    Each re-queued shard resumes: only its samples not done are done. A bank run whose
+    shards all completed but whose bank was not assembled (the assembly failed, or its
+    process died) is assembled here, in this process.
 
     Args:
         shards: the shard indices to re-queue; None: every shard that needs it. A shard that
@@ -229,6 +260,12 @@ def rerun_shards(dataset: Any, run_id: str, shards: list[int] | None = None) -> 
     if run["state"] == CANCELLED:
         raise ValueError(f"refseg run {run_id} was cancelled; queue a new run instead")
     status = run_status(dataset, run_id)
+    if status.task == MEMORY_BANK and status.state == "failed" and shards is None:
+        if all(s.state == "completed" for s in status.shards):
+            from refseg.sharded_bank import finish_bank_run
+
+            finish_bank_run(dataset, run_id)
+            return run_status(dataset, run_id)
     wanted = [s for s in status.shards if shards is None or s.index in shards]
     refused = [s for s in wanted if s.state not in NEEDS_RERUN]
     if shards is not None and refused:
@@ -251,29 +288,17 @@ def rerun_shards(dataset: Any, run_id: str, shards: list[int] | None = None) -> 
             {"_id": shard_key(run_id, shard.index)}, {"$set": {"state": "queued"}}
         )
         collection().update_one({"_id": run_id}, {"$set": {"state": ACTIVE}})
-        queue_shard(
-            dataset,
-            run_id,
-            shard.index,
-            run["num_shards"],
-            run["label_field"],
-            run.get("delegation_target"),
-        )
+        queue_shard(dataset, run, shard.index)
     return run_status(dataset, run_id)
 
 
-def queue_shard(
-    dataset: Any,
-    run_id: str,
-    index: int,
-    num_shards: int,
-    label_field: str,
-    delegation_target: str | None,
-) -> str:
-    """Queues one delegated ``predict_shard`` operation; returns its id."""
+def queue_shard(dataset: Any, run: dict, index: int) -> str:
+    """Queues one delegated ``run_shard`` operation for shard ``index`` of ``run`` (its
+    document); returns the operation's id."""
     from fiftyone.operators.delegated import DelegatedOperationService
     from fiftyone.operators.executor import ExecutionContext
 
+    run_id, delegation_target = run["_id"], run.get("delegation_target")
     context = ExecutionContext(
         request_params={
             "dataset_name": dataset.name,
@@ -283,9 +308,11 @@ def queue_shard(
             "delegation_target": delegation_target,
         }
     )
+    task = run.get("task", PREDICT).replace("_", " ")
+    target = run["target"].split(":", 1)[1]
     operation = DelegatedOperationService().queue_operation(
         operator=SHARD_OPERATOR,
-        label=f"refseg: predict {label_field} shard {index + 1}/{num_shards} (run {run_id[:8]})",
+        label=f"refseg: {task} {target} shard {index + 1}/{run['num_shards']} (run {run_id[:8]})",
         delegation_target=delegation_target,
         context=context,
         metadata={"inputs_schema": None, "outputs_schema": None},
@@ -329,7 +356,29 @@ def stored_bank_name(dataset: Any, bank: MemoryBank | str, run_id: str) -> str:
     return name
 
 
-def _insert_record(dataset, run_id, label_field, bank_name, bank, models, parts, **values) -> None:
+def insert_run(
+    dataset: Any,
+    run_id: str,
+    task: str,
+    target: str,
+    parts: list[list[str]],
+    *,
+    label_ids: list[list[str]] | None = None,
+    **values: Any,
+) -> dict:
+    """Writes the record of a sharded run (``refseg.run_record``); returns the run document.
+
+    Args:
+        run_id: the run's id, unique.
+        task: ``predict``, ``boxes_to_masks`` or ``memory_bank``.
+        target: what the run writes, ``field:<name>`` or ``bank:<name>``.
+        parts: the sample ids of each shard.
+        label_ids: the label ids of each shard, for tasks that work on chosen labels.
+        values: the task's own values (field, bank, models, config, settings...).
+
+    Raises:
+        ValueError: a run with this id exists already.
+    """
     from datetime import datetime, timezone
 
     import pymongo.errors
@@ -337,12 +386,10 @@ def _insert_record(dataset, run_id, label_field, bank_name, bank, models, parts,
     run = {
         "_id": run_id,
         "kind": "run",
+        "task": task,
+        "target": target,
         "dataset": dataset.name,
         "dataset_id": str(dataset._doc.id),
-        "label_field": label_field,
-        "bank": bank_name,
-        "bank_digest": bank_digest(bank),
-        "models": models.to_dict(),
         "num_shards": len(parts),
         "num_samples": sum(len(p) for p in parts),
         "created": datetime.now(timezone.utc),
@@ -362,8 +409,10 @@ def _insert_record(dataset, run_id, label_field, bank_name, bank, models, parts,
             "sample_ids": part,
             "state": "queued",
             "history": [],
+            **({} if label_ids is None else {"label_ids": label_ids[index]}),
         }
         for index, part in enumerate(parts)
     ]
     if shards:
         collection().insert_many(shards)
+    return run

@@ -7,6 +7,7 @@ Both ways of scaling out use it: worker processes on the devices of one machine
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def split_even(ids: Sequence[str], shards: int) -> list[list[str]]:
@@ -40,3 +41,33 @@ def split_even(ids: Sequence[str], shards: int) -> list[list[str]]:
         parts.append(list(ids[start : start + size]))
         start += size
     return parts
+
+
+def check_delegation(
+    shards: Any, delegate: bool, objects: Sequence[Any] = (), what: str = "run"
+) -> None:
+    """Refuses delegation options that cannot work, before any work.
+
+    Args:
+        shards: the number of shard operations asked for.
+        delegate: whether the work is queued for delegated workers.
+        objects: the ready model objects given (they cannot cross to other processes).
+        what: the work, for the messages ("run", "build").
+
+    Raises:
+        ValueError: ``shards`` is not an integer >= 1, ``shards`` > 1 without ``delegate``, or
+            model objects with ``delegate``.
+    """
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
+    if shards != 1 and not delegate:
+        raise ValueError(
+            f"shards={shards} splits a delegated {what}: pass delegate=True as well (workers: "
+            "`fiftyone delegated launch`)"
+        )
+    if delegate and any(o is not None for o in objects):
+        raise ValueError(
+            "Model objects of this process (proposer=, encoder=) cannot be sent to delegated "
+            "workers: name the models instead, models=refseg.Models(...) (registered names and "
+            "weights), which every worker builds for itself"
+        )

@@ -52,3 +52,23 @@ def installed_plugin(tmp_path_factory) -> Path:
     fo.config.plugins_dir = str(plugins)
     yield plugins
     fo.config.plugins_dir = previous
+
+
+@pytest.fixture(scope="module")
+def stand_in_models():
+    """The stand-ins registered by name for the module (``stand_ins.STAND_IN_MODELS``), removed
+    again afterwards."""
+    from stand_ins import ShapeProposer, build_palette_encoder
+
+    from refseg.models import ModelEntry, register_model
+    from refseg.models.factory import REGISTRY
+
+    entries = [
+        ModelEntry("proposer", "shape-proposer", build=lambda *args: ShapeProposer()),
+        ModelEntry("encoder", "palette-encoder", build=build_palette_encoder),
+    ]
+    for entry in entries:
+        register_model(entry, overwrite=True)
+    yield
+    for entry in entries:
+        REGISTRY._entries.pop((entry.kind, entry.name), None)

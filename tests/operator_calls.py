@@ -1,5 +1,5 @@
 """Calling the plugin's operators from tests: the operator by name, what an immediate run showed
-in the App, and the operators it triggered."""
+in the App, the operators it triggered, and executing queued shard operations as a worker."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ def shown(result) -> dict:
 
 def triggered(result) -> list[str]:
     return [r["operator_uri"] for r in result.executor.to_json()["requests"]]
+
+
+def execute_shards(dataset, limit: int | None = None) -> list:
+    """Executes the queued shard operations of ``dataset`` in this process, as a
+    ``fiftyone delegated launch`` worker executes them; returns their outcomes."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from refseg.run_record import SHARD_OPERATOR
+
+    return DelegatedOperationService().execute_queued_operations(
+        operator=SHARD_OPERATOR, dataset_name=dataset.name, limit=limit
+    )

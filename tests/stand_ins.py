@@ -3,10 +3,11 @@
 ``ShapeProposer`` behaves like a prompted segmenter on ``refseg.synthetic`` images: a point on a
 shape yields (its left 40 %, the whole shape, a square distractor) with predicted IoUs
 (0.6, 0.9, 0.5), except that a point on the left part prefers the part (0.88 against 0.86), so
-parts survive to the soft merge; a point on the background yields small square distractors. ``PaletteEncoder``
-gives each patch a feature encoding its colour: a soft assignment to the synthetic palette,
-mapped to D dimensions by a fixed random rotation; it counts the images it encodes
-(``encoded_images``), so tests can check what is re-encoded. Nothing here looks at ground truth.
+parts survive to the soft merge; a point on the background yields small square distractors.
+``PaletteEncoder`` gives each patch a feature encoding its colour: a soft assignment to the
+synthetic palette, mapped to D dimensions by a fixed random rotation; it counts the images it
+encodes (``encoded_images``), so tests can check what is re-encoded. Nothing here looks at
+ground truth.
 """
 
 from __future__ import annotations
@@ -126,3 +127,20 @@ def _square(size: int, x: float, y: float, side: int) -> torch.Tensor:
     x1, y1 = max(0, int(x) - side // 2), max(0, int(y) - side // 2)
     mask[y1 : y1 + side, x1 : x1 + side] = True
     return mask
+
+
+STAND_IN_MODELS = dict(
+    proposer="shape-proposer",
+    encoder="palette-encoder",
+    proposer_weights="random",
+    encoder_weights="random",
+)
+"""The stand-ins' ``refseg.Models`` fields, once registered under these names (conftest's
+``stand_in_models`` fixture), so that worker code builds them as it builds SAM2 and DINOv2."""
+
+
+def build_palette_encoder(checkpoint, label, device) -> PaletteEncoder:
+    """The registry's builder of the ``palette-encoder``: its identity names ``label``."""
+    encoder = PaletteEncoder()
+    encoder.identity = {"name": "palette-encoder", "weights": label}
+    return encoder

@@ -19,60 +19,33 @@ import fiftyone.operators as foo
 import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
-from stand_ins import PaletteEncoder, ShapeProposer
+from operator_calls import execute_shards
+from stand_ins import STAND_IN_MODELS, ShapeProposer, build_palette_encoder
 
 import refseg
 from refseg.config import PredictConfig
-from refseg.models import RANDOM_WEIGHTS, ModelEntry, Models, register_model
-from refseg.models.factory import REGISTRY
-from refseg.run_record import SHARD_OPERATOR, collection, shard_key
+from refseg.models import RANDOM_WEIGHTS, Models
+from refseg.run_record import collection, shard_key
 from refseg.sharding import split_even
 from refseg.synthetic import CLASSES, make_shapes_dataset
 
 CONFIG = PredictConfig(points_per_side=8, points_batch_size=64)
-STAND_INS = dict(
-    proposer="shape-proposer",
-    encoder="palette-encoder",
-    proposer_weights="random",
-    encoder_weights="random",
-)
-"""The stand-ins' ``Models`` fields (the value is made once they are registered)."""
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*random weights"),
-    pytest.mark.usefixtures("installed_plugin"),
+    pytest.mark.usefixtures("installed_plugin", "stand_in_models"),
 ]
 
 
-def _palette(checkpoint, label, device) -> PaletteEncoder:
-    encoder = PaletteEncoder()
-    encoder.identity = {"name": "palette-encoder", "weights": label}
-    return encoder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def stand_in_models():
-    """The stand-ins as registered names (removed again after this module)."""
-    entries = [
-        ModelEntry("proposer", "shape-proposer", build=lambda *args: ShapeProposer()),
-        ModelEntry("encoder", "palette-encoder", build=_palette),
-    ]
-    for entry in entries:
-        register_model(entry, overwrite=True)
-    yield
-    for entry in entries:
-        REGISTRY._entries.pop((entry.kind, entry.name), None)
-
-
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, stand_in_models):
+def dataset(tmp_path_factory):
     name = f"sharded-{tmp_path_factory.getbasetemp().name}"
     ds = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=11,
                              num_negative=0, seed=4)  # fmt: skip
     references = refseg.sample_references(ds, "ground_truth", shots=1, seed=0, classes=CLASSES)
     references.tag_samples("reference")
     ds.exclude(references.values("id")).tag_samples("target")
-    encoder = _palette(None, RANDOM_WEIGHTS, None)
+    encoder = build_palette_encoder(None, RANDOM_WEIGHTS, None)
     refseg.build_memory_bank(
         references, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=encoder,
         proposer=ShapeProposer(), name="bank", progress=False,
@@ -95,13 +68,6 @@ def bank_of(dataset):
 def queue(dataset, field: str, shards: int = 3, **kwargs) -> refseg.RunStatus:
     options = dict(config=CONFIG, num_workers=0, write_every=1, delegate=True, shards=shards)
     return refseg.predict(targets_of(dataset), bank_of(dataset), field, **{**options, **kwargs})
-
-
-def execute_shards(dataset, limit: int | None = None) -> list:
-    """Executes queued shard operations of ``dataset`` as a delegated worker does."""
-    return DelegatedOperationService().execute_queued_operations(
-        operator=SHARD_OPERATOR, dataset_name=dataset.name, limit=limit
-    )
 
 
 def labels_of(dataset, field: str) -> dict:
@@ -139,7 +105,7 @@ def test_scale_out_options_that_cannot_work_are_refused(dataset):
     view, bank = targets_of(dataset), bank_of(dataset)
     with pytest.raises(ValueError, match="cannot be sent to worker processes"):
         refseg.predict(view, bank, "x", devices=["cpu", "cpu"], proposer=ShapeProposer(),
-                       encoder=_palette(None, RANDOM_WEIGHTS, None))  # fmt: skip
+                       encoder=build_palette_encoder(None, RANDOM_WEIGHTS, None))  # fmt: skip
     with pytest.raises(ValueError, match="cannot be sent"):
         refseg.predict(view, bank, "x", delegate=True, proposer=ShapeProposer())
     with pytest.raises(ValueError, match="choose one"):
@@ -304,8 +270,8 @@ def test_a_shard_refuses_a_bank_rebuilt_after_queueing(dataset):
     from refseg.runs import queue_predict
 
     refseg.save_bank(dataset, "bank_b", bank_of(dataset))
-    status = queue_predict(targets_of(dataset), "bank_b", "rebuilt", shards=1,
-                           models=Models(**STAND_INS), config=CONFIG, num_workers=0)  # fmt: skip
+    status = queue_predict(targets_of(dataset), "bank_b", "rebuilt", shards=1, config=CONFIG,
+                           models=Models(**STAND_IN_MODELS), num_workers=0)  # fmt: skip
     changed = bank_of(dataset).without_references([bank_of(dataset).references[0].label_id])
     refseg.save_bank(dataset, "bank_b", changed, overwrite=True)
     (outcome,) = execute_shards(dataset)

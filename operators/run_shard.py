@@ -1,9 +1,11 @@
-"""Operator: one shard of a sharded predict run, executed by a delegated worker.
+"""Operator: one shard of a sharded run (predict, boxes to masks or a bank), executed by a
+delegated worker.
 
 Not offered in the App: ``refseg.runs`` queues one such operation per shard (from
-``refseg.predict(..., shards=N, delegate=True)`` or the predict operator with ``shards`` > 1),
-and ``fiftyone delegated launch`` workers execute them. Each loads its models once per worker
-process (the process's model cache) and predicts the shard's samples that have no value yet.
+``refseg.predict``, ``refseg.fill_box_masks`` or ``refseg.build_memory_bank`` with
+``shards=N, delegate=True``, or their operators with ``shards`` > 1), and ``fiftyone delegated
+launch`` workers execute them. Each loads its models once per worker process (the process's
+model cache) and does the shard's samples not done yet.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import fiftyone.operators.types as types
 from . import _common, _forms
 
 
-class PredictShard(foo.Operator):
+class RunShard(foo.Operator):
     @property
     def config(self):
         return _common.operator_config(
-            "predict_shard",
-            "refseg: predict shard",
-            "One shard of a sharded predict run (queued by refseg)",
+            "run_shard",
+            "refseg: run shard",
+            "One shard of a sharded refseg run (queued by refseg)",
             delegation="allowed",
             unlisted=True,
         )
@@ -29,7 +31,7 @@ class PredictShard(foo.Operator):
         inputs = types.Object()
         inputs.str("run_id", required=True, label="Run", description="The sharded run")
         inputs.int("shard", required=True, min=0, label="Shard", description="0-based index")
-        return _forms.form(inputs, "Predict one shard")
+        return _forms.form(inputs, "Run one shard")
 
     def execute(self, ctx):
         return _common.run_job(ctx, self, lambda progress: _run(ctx, progress))
@@ -40,8 +42,8 @@ class PredictShard(foo.Operator):
         outputs = types.Object()
         outputs.str("run_id", label="Run")
         outputs.int("shard", label="Shard")
-        outputs.int("num_samples", label="Samples predicted by this execution")
-        outputs.int("num_detections", label="Detections written")
+        outputs.str("task", label="Task")
+        outputs.int("num_samples", label="Samples done by this execution")
         outputs.int("num_skipped", label="Samples skipped (unreadable or failed)")
         return _forms.output_form(outputs, "Shard done")
 
@@ -58,13 +60,14 @@ def _run(ctx, progress) -> dict:
         operation_id=None if operation is None else str(operation),
         cache=_common.MODEL_CACHE.get(),
         progress=lambda done, total: progress(
-            done / total if total else 1.0, f"Shard {index}: {done} of {total} samples"
+            done / total if total else 1.0, f"Shard {index}: {done} of {total} done"
         ),
     )
+    status = refseg.run_status(ctx.dataset, run_id)
     return {
         "run_id": run_id,
         "shard": index,
-        "num_samples": result.num_samples,
-        "num_detections": result.num_detections,
+        "task": status.task,
+        "num_samples": status.shards[index].history[-1]["num_samples"],
         "num_skipped": len(result.failures),
     }
