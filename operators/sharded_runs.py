@@ -1,4 +1,5 @@
-"""Operator: the sharded predict runs of a dataset: the state of every shard, re-queue, cancel."""
+"""Operator: the sharded runs of a dataset (predict, boxes to masks, bank builds): the state of
+every shard, re-queue, cancel."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class ShardedRuns(foo.Operator):
         return _common.operator_config(
             "sharded_runs",
             "refseg: sharded runs",
-            "Follow the sharded predict runs of this dataset; re-queue failed shards or cancel",
+            "Follow the sharded runs of this dataset; re-queue failed shards or cancel",
             delegation="never",
         )
 
@@ -65,16 +66,19 @@ def _inputs(ctx, inputs) -> None:
         _forms.error(
             inputs,
             "no_runs",
-            "This dataset has no sharded runs: queue one with the predict operator (Shards > 1)",
+            "This dataset has no sharded runs: queue one with Shards > 1 in predict, boxes to "
+            "masks or build memory bank",
         )
         return
     choices = types.DropdownView()
     for run_id in runs:
         run = load_run(ctx.dataset, run_id)
         created = run["created"].strftime("%Y-%m-%d %H:%M")
+        task = run.get("task", "predict").replace("_", " ")
+        target = run.get("target", f"field:{run.get('label_field')}").split(":", 1)[1]
         choices.add_choice(
             run_id,
-            label=f"{run['label_field']} ({run['num_shards']} shards, {created} UTC)",
+            label=f"{task} {target} ({run['num_shards']} shards, {created} UTC)",
             description=run_id,
         )
     inputs.enum("run_id", choices.values(), default=runs[0], required=True, label="Run",

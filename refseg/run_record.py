@@ -362,8 +362,9 @@ def check_target_free(dataset: Any, target: str, run_id: str) -> None:
 
 def cancel_run(dataset: Any, run_id: str) -> RunStatus:
     """Cancels a sharded run: its queued shard operations are marked failed (no worker will
-    start them), shards that are running finish, and the field is free for other runs once
-    they have. The samples written stay."""
+    start them), shards that are running finish, and the field (or bank name) is free for
+    other runs once they have. The samples written stay; a bank build's encoded parts are
+    deleted."""
     from fiftyone.operators.delegated import DelegatedOperationService
     from fiftyone.operators.executor import ExecutionResult, ExecutionRunState
 
@@ -377,6 +378,7 @@ def cancel_run(dataset: Any, run_id: str) -> RunStatus:
                 result=ExecutionResult(error=f"refseg run {run_id} was cancelled"),
                 required_state=operation.run_state,
             )
+    collection().delete_many({"kind": "part", "run_id": run_id})
     return run_status(dataset, run_id)
 
 

@@ -1,10 +1,11 @@
-"""A sharded run executed by real ``fiftyone delegated launch`` workers, one of them killed.
+"""Sharded runs executed by real ``fiftyone delegated launch`` workers, one of them killed.
 
 The test starts its own MongoDB server (FiftyOne's ``mongod``, 127.0.0.1, a free port, a
 temporary dbpath). FiftyOne's connection is per process, so everything that talks to FiftyOne
 runs in child processes pointed at that server with ``FIFTYONE_DATABASE_URI``: a setup child
-(dataset, bank, the single-process reference labels), children that queue, re-queue and check
-runs, and two ``fiftyone delegated launch`` workers that find the plugin through
+(dataset, bank, the single-process reference labels and masks), children that queue, re-queue
+and check runs (a sharded predict, twice, then a sharded bank build and a sharded boxes to
+masks), and two ``fiftyone delegated launch`` workers that find the plugin through
 ``FIFTYONE_PLUGINS_DIR`` (a symlink to this checkout). The test itself only watches the run's
 record with pymongo, to know when to kill a worker. Models: SAM2.1 Hiera-T and DINOv2 ViT-S/14
 with random weights, a 2 x 2 prompt grid. Slow: a few minutes on two cores.
@@ -62,6 +63,11 @@ dataset.match_labels(tags=refseg.DEFAULT_TAG, bool=False).limit(4).tag_samples("
 targets = dataset.match_tags("target")
 refseg.predict(targets, refseg.load_bank(dataset, "bank"), "single", config=CONFIG,
                device="cpu", num_workers=0, progress=False)
+dataset.clone_sample_field("ground_truth", "boxes")
+targets.set_field("boxes.detections.mask", None).save()
+refseg.fill_box_masks(targets, "boxes", output_field="single_masks", models=MODELS, device="cpu")
+refseg.build_memory_bank(dataset, "ground_truth", models=MODELS, device="cpu", name="all_bank",
+                         progress=False)
 print(json.dumps({"targets": targets.values("id")}))
 """
 )
@@ -74,6 +80,42 @@ status = refseg.predict(dataset.match_tags("target"), refseg.load_bank(dataset, 
                         sys.argv[1], shards=3, delegate=True, config=CONFIG, device="cpu",
                         num_workers=0, write_every=1)
 print(json.dumps({"run_id": status.run_id, "states": [s.state for s in status.shards]}))
+"""
+)
+
+QUEUE_TASKS = (
+    PRELUDE
+    + """
+dataset = fo.load_dataset("shards")
+bank = refseg.build_memory_bank(dataset, "ground_truth", models=MODELS, device="cpu",
+                                name="sharded_bank", shards=3, delegate=True)
+masks = refseg.fill_box_masks(dataset.match_tags("target"), "boxes", output_field="sharded_masks",
+                              models=MODELS, device="cpu", shards=3, delegate=True)
+print(json.dumps({"bank": bank.run_id, "masks": masks.run_id, "bank_shards": len(bank.shards),
+                  "mask_shards": len(masks.shards)}))
+"""
+)
+
+CHECK_TASKS = (
+    PRELUDE
+    + """
+import numpy as np
+dataset = fo.load_dataset("shards")
+def by_label(bank):
+    return {r.label_id: (r, p.tolist()) for r, p in zip(bank.references, bank.prototypes)}
+single, sharded = refseg.load_bank(dataset, "all_bank"), refseg.load_bank(dataset, "sharded_bank")
+a, b = by_label(single), by_label(sharded)
+def masks(field):
+    return {d.id: d.mask.tobytes().hex() for v in dataset.match_tags("target").values(field)
+            for d in v.detections}
+print(json.dumps({
+    "states": [refseg.run_status(dataset, r).state for r in sys.argv[1:]],
+    "same_references": a.keys() == b.keys() and all(a[k][0] == b[k][0] for k in a),
+    "max_prototype_diff": max(float(np.abs(np.subtract(a[k][1], b[k][1])).max()) for k in a),
+    "same_models": (single.encoder, single.proposer) == (sharded.encoder, sharded.proposer),
+    "same_masks": masks("sharded_masks") == masks("single_masks"),
+    "num_masks": len(masks("sharded_masks")),
+}))
 """
 )
 
@@ -207,7 +249,7 @@ def run_completed(run_id: str):
     return lambda db: db.refseg_runs.find_one({"_id": run_id, "state": "completed"})
 
 
-def test_two_delegated_workers_run_a_sharded_predict_even_when_one_is_killed(cluster, tmp_path):
+def test_two_delegated_workers_run_sharded_runs_even_when_one_is_killed(cluster, tmp_path):
     targets = child(cluster, SETUP, str(tmp_path / "images"), timeout=1200)["targets"]
     assert len(targets) == 4
     first, second = start_worker(cluster, "worker-1"), start_worker(cluster, "worker-2")
@@ -257,3 +299,15 @@ def test_two_delegated_workers_run_a_sharded_predict_even_when_one_is_killed(clu
     assert shard["history"] == [{"state": "completed", "num_samples": 2 - done_before}], report
     others = [s for s in report["shards"] if s["index"] != running["index"]]
     assert all(s["history"] == [{"state": "completed", "num_samples": 1}] for s in others)
+
+    # 3. a sharded bank build and a sharded boxes to masks, on two workers again
+    start_worker(cluster, "worker-3")
+    runs = child(cluster, QUEUE_TASKS)
+    assert runs["bank_shards"] == runs["mask_shards"] == 3, runs
+    wait_for(cluster, "the sharded bank build", run_completed(runs["bank"]))
+    wait_for(cluster, "the sharded boxes to masks", run_completed(runs["masks"]))
+    report = child(cluster, CHECK_TASKS, runs["bank"], runs["masks"])
+    assert report["states"] == ["completed", "completed"], report
+    assert report["same_references"] and report["same_models"], report
+    assert report["max_prototype_diff"] <= 1e-5, report
+    assert report["same_masks"] and report["num_masks"] > 0, report

@@ -238,3 +238,17 @@ def test_build_memory_bank_operator_queues_shards(dataset):
     assert len(execute_shards(dataset)) == 2
     assert refseg.run_status(dataset, queued["run_id"]).state == "completed"
     same_bank(refseg.load_bank(dataset, "from_operator"), single)
+
+
+def test_a_cancelled_bank_build_frees_its_name_and_drops_its_parts(dataset):
+    models = Models(**STAND_IN_MODELS)
+    status = refseg.build_memory_bank(dataset, "ground_truth", models=models, name="dropped",
+                                      shards=2, delegate=True)  # fmt: skip
+    refseg.run_shard(dataset, status.run_id, 0)  # one shard encoded, the other still queued
+    assert collection().count_documents({"kind": "part", "run_id": status.run_id}) >= 1
+    assert refseg.cancel_run(dataset, status.run_id).state == "cancelled"
+    assert collection().count_documents({"kind": "part", "run_id": status.run_id}) == 0
+    assert execute_shards(dataset) == []
+    bank = refseg.build_memory_bank(dataset, "ground_truth", models=models, name="dropped",
+                                    progress=False)  # fmt: skip
+    assert "dropped" in refseg.list_banks(dataset) and len(bank.references) > 0
