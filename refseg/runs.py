@@ -125,9 +125,8 @@ def queue_predict(
         todo = _samples_to_predict(view, label_field, overwrite=overwrite, resume=resume)
         ids = list(todo.values("id"))
         ensure_detections_field(dataset, label_field)
-        parts = split_even(ids, shards)
-        run = insert_run(
-            dataset, run_id, PREDICT, f"field:{label_field}", parts,
+        status = queue_run(
+            dataset, run_id, PREDICT, f"field:{label_field}", split_even(ids, shards),
             label_field=label_field, bank=bank_name, bank_digest=bank_digest(stored),
             models=models.to_dict(), config=config.to_dict(),
             settings={
@@ -136,9 +135,6 @@ def queue_predict(
             },
             delegation_target=delegation_target,
         )  # fmt: skip
-        for index in range(len(parts)):
-            queue_shard(dataset, run, index)
-    status = run_status(dataset, run_id)
     logger.info("%s", status.summary())
     return status
 
@@ -354,6 +350,17 @@ def stored_bank_name(dataset: Any, bank: MemoryBank | str, run_id: str) -> str:
         name,
     )
     return name
+
+
+def queue_run(
+    dataset: Any, run_id: str, task: str, target: str, parts: list[list[str]], **values: Any
+) -> RunStatus:
+    """Writes a sharded run's record (:func:`insert_run`, same arguments) and queues one
+    ``run_shard`` operation per shard; returns the run's status."""
+    run = insert_run(dataset, run_id, task, target, parts, **values)
+    for index in range(len(parts)):
+        queue_shard(dataset, run, index)
+    return run_status(dataset, run_id)
 
 
 def insert_run(

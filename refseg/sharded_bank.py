@@ -60,10 +60,9 @@ from refseg.run_record import (
     collection,
     load_run,
     load_shards,
-    run_status,
 )
 from refseg.sampling import ReferenceLabel, reference_labels
-from refseg.sharding import split_even
+from refseg.sharding import split_labels
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +122,12 @@ def queue_memory_bank(
         ValueError: a bank ``name`` that is invalid, or taken without ``overwrite``.
         RunLockedError: another run is building a bank of that name.
     """
-    from refseg.runs import insert_run, queue_shard
+    from refseg.runs import queue_run
 
     dataset = reference_view._dataset
     run_id = run_id or uuid.uuid4().hex
     check_bank_name(dataset, name, overwrite=overwrite)
-    by_sample: dict[str, list[str]] = {}
-    for label in labels:
-        by_sample.setdefault(label.sample_id, []).append(label.detection.id)
-    parts = split_even(list(by_sample), shards)
-    label_ids = [[i for sample_id in part for i in by_sample[sample_id]] for part in parts]
+    parts, label_ids = split_labels(labels, shards)
     lock = RunLock(
         dataset,
         f"bank:{name}",
@@ -141,7 +136,7 @@ def queue_memory_bank(
     )
     with database_errors(f"queueing a sharded build of bank {name!r}"), lock:
         check_target_free(dataset, f"bank:{name}", run_id)
-        run = insert_run(
+        return queue_run(
             dataset, run_id, MEMORY_BANK, f"bank:{name}", parts, label_ids=label_ids,
             label_field="", gt_field=gt_field, bank=name, models=models.to_dict(),
             config=config.to_dict(), negative=negative, overwrite=overwrite,
@@ -151,9 +146,6 @@ def queue_memory_bank(
                       "skip_failures": skip_failures},
             delegation_target=delegation_target,
         )  # fmt: skip
-        for index in range(len(parts)):
-            queue_shard(dataset, run, index)
-    return run_status(dataset, run_id)
 
 
 def encode_shard(

@@ -20,9 +20,8 @@ from refseg.fill_masks import FillMasksResult, box_only, fill_box_masks
 from refseg.locks import RunLock
 from refseg.models import ModelCache, Models
 from refseg.run_record import BOXES_TO_MASKS, RunStatus, ShardExecution, check_target_free
-from refseg.run_record import run_status as _run_status
 from refseg.sampling import ReferenceLabel
-from refseg.sharding import split_even
+from refseg.sharding import split_labels
 
 
 def queue_fill_box_masks(
@@ -61,16 +60,12 @@ def queue_fill_box_masks(
     Raises:
         RunLockedError: another run is writing the field.
     """
-    from refseg.runs import insert_run, queue_shard
+    from refseg.runs import queue_run
 
     dataset = view._dataset
     run_id = run_id or uuid.uuid4().hex
     field = output_field or gt_field
-    by_sample: dict[str, list[str]] = {}
-    for label in labels:
-        by_sample.setdefault(label.sample_id, []).append(label.detection.id)
-    parts = split_even(list(by_sample), shards)
-    label_ids = [[i for sample_id in part for i in by_sample[sample_id]] for part in parts]
+    parts, label_ids = split_labels(labels, shards)
     lock = RunLock(
         dataset,
         f"field:{field}",
@@ -82,7 +77,7 @@ def queue_fill_box_masks(
         check_target_free(dataset, f"field:{field}", run_id)
         if output_field is not None:
             dataset.clone_sample_field(gt_field, output_field)  # label ids are kept
-        run = insert_run(
+        return queue_run(
             dataset, run_id, BOXES_TO_MASKS, f"field:{field}", parts, label_ids=label_ids,
             label_field=field, gt_field=gt_field, bank="", models=models.to_dict(),
             num_labels=len(labels),
@@ -90,9 +85,6 @@ def queue_fill_box_masks(
                       "write_every": write_every},
             delegation_target=delegation_target,
         )  # fmt: skip
-        for index in range(len(parts)):
-            queue_shard(dataset, run, index)
-    return _run_status(dataset, run_id)
 
 
 def fill_shard(

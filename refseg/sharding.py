@@ -6,7 +6,7 @@ Both ways of scaling out use it: worker processes on the devices of one machine
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -41,6 +41,24 @@ def split_even(ids: Sequence[str], shards: int) -> list[list[str]]:
         parts.append(list(ids[start : start + size]))
         start += size
     return parts
+
+
+def split_labels(labels: Iterable[Any], shards: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Splits labels into shards by their sample, as :func:`split_even` splits samples.
+
+    Args:
+        labels: objects with ``sample_id`` and ``detection.id`` (``refseg.ReferenceLabel``), in
+            order; a sample's labels all go to one shard.
+        shards: how many parts are wanted (>= 1).
+
+    Returns:
+        ``(sample ids of each part, label ids of each part)``, the labels in their given order.
+    """
+    by_sample: dict[str, list[str]] = {}
+    for label in labels:
+        by_sample.setdefault(label.sample_id, []).append(label.detection.id)
+    parts = split_even(list(by_sample), shards)
+    return parts, [[i for sample_id in part for i in by_sample[sample_id]] for part in parts]
 
 
 def check_delegation(
