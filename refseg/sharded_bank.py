@@ -207,7 +207,8 @@ def finish_bank_run(dataset: Any, run_id: str) -> MemoryBank | None:
             taken meanwhile (without ``overwrite``). The run records the error.
     """
     run = load_run(dataset, run_id)
-    if run["state"] != ACTIVE:
+    if run["state"] != ACTIVE:  # assembled or cancelled: parts of a late shard are not needed
+        collection().delete_many({"kind": "part", "run_id": run_id})
         return None
     if not all_shards_completed(run_id):
         raise ValueError(f"refseg run {run_id}: not every shard has completed")

@@ -249,6 +249,8 @@ def test_a_cancelled_bank_build_frees_its_name_and_drops_its_parts(dataset):
     assert refseg.cancel_run(dataset, status.run_id).state == "cancelled"
     assert collection().count_documents({"kind": "part", "run_id": status.run_id}) == 0
     assert execute_shards(dataset) == []
+    with pytest.raises(RuntimeError, match="was cancelled"):
+        refseg.run_shard(dataset, status.run_id, 1)
     bank = refseg.build_memory_bank(dataset, "ground_truth", models=models, name="dropped",
                                     progress=False)  # fmt: skip
     assert "dropped" in refseg.list_banks(dataset) and len(bank.references) > 0
