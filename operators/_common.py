@@ -106,7 +106,7 @@ def call_operator(
 
     ``params`` equal to None are left out, so the operator applies its defaults (those of the
     engine's settings dataclasses). ``request`` holds further context keys such as
-    ``selected``, ``selected_labels`` or ``current_sample``.
+    ``selected``, ``selected_labels`` or ``current_sample``; those equal to None are left out.
     """
     if isinstance(sample_collection, fo.DatasetView):
         ctx = dict(view=sample_collection)
@@ -118,7 +118,7 @@ def call_operator(
         params={k: v for k, v in params.items() if v is not None},
         request_delegation=delegate,
         delegation_target=delegation_target,
-        **request,
+        **{k: v for k, v in request.items() if v is not None},
     )
 
 

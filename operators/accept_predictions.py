@@ -61,14 +61,13 @@ class AcceptPredictions(foo.Operator):
             iou=iou,
             skip_overlapping=skip_overlapping,
         )
-        request = {"selected_labels": selected_labels} if selected_labels is not None else {}
         return _common.call_operator(
             self,
             sample_collection,
             params,
             delegate=delegate,
             delegation_target=delegation_target,
-            **request,
+            selected_labels=selected_labels,
         )
 
     def resolve_input(self, ctx):

@@ -56,14 +56,13 @@ class AddReferences(foo.Operator):
             random_weights=random_weights,
             device=device,
         )
-        request = {"selected_labels": selected_labels} if selected_labels is not None else {}
         return _common.call_operator(
             self,
             sample_collection,
             params,
             delegate=delegate,
             delegation_target=delegation_target,
-            **request,
+            selected_labels=selected_labels,
         )
 
     def resolve_input(self, ctx):

@@ -72,9 +72,7 @@ class BuildMemoryBank(foo.Operator):
             skip_failures=skip_failures,
             shards=shards,
         )
-        request = {}
         if selected_labels:
-            request = dict(selected_labels=selected_labels)
             params["view_target"] = "SELECTED_LABELS"
         return _common.call_operator(
             self,
@@ -82,7 +80,7 @@ class BuildMemoryBank(foo.Operator):
             params,
             delegate=delegate,
             delegation_target=delegation_target,
-            **request,
+            selected_labels=selected_labels,
         )
 
     def resolve_input(self, ctx):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from refseg.synthetic import PALETTE
+from refseg.synthetic import CLASSES, PALETTE
 
 SATURATION_THRESHOLD = 0.3
 
@@ -144,3 +144,44 @@ def build_palette_encoder(checkpoint, label, device) -> PaletteEncoder:
     encoder = PaletteEncoder()
     encoder.identity = {"name": "palette-encoder", "weights": label}
     return encoder
+
+
+def stand_in_bank(dataset, *, shots: int = 1, seed: int = 0, encoder: PaletteEncoder | None = None):
+    """Samples ``shots`` references per class of ``"ground_truth"`` with ``seed`` (their labels
+    tagged ``refseg.DEFAULT_TAG``) and builds their memory bank with the stand-ins.
+
+    Args:
+        encoder: the PaletteEncoder to encode with (e.g. to count what it encodes later).
+
+    Returns:
+        ``(the references' samples, the bank, the other samples)``.
+    """
+    import refseg
+
+    refs = refseg.sample_references(
+        dataset, "ground_truth", shots=shots, seed=seed, classes=CLASSES
+    )
+    bank = refseg.build_memory_bank(
+        refs,
+        "ground_truth",
+        tag=refseg.DEFAULT_TAG,
+        encoder=encoder or PaletteEncoder(),
+        proposer=ShapeProposer(),
+        progress=False,
+    )
+    return refs, bank, dataset.exclude(refs.values("id"))
+
+
+def predict_with_stand_ins(view, bank, field: str, config, **kwargs):
+    """``refseg.predict`` with the stand-ins, in this process, without a progress bar;
+    ``kwargs`` override any of these."""
+    import refseg
+
+    options = dict(
+        config=config,
+        proposer=ShapeProposer(),
+        encoder=PaletteEncoder(),
+        num_workers=0,
+        progress=False,
+    )
+    return refseg.predict(view, bank, field, **{**options, **kwargs})

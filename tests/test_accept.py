@@ -9,7 +9,7 @@ import fiftyone as fo
 import pytest
 from fiftyone import ViewField as F
 from pycocotools import mask as mask_utils
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.coco_metrics import full_image_rle
@@ -26,16 +26,8 @@ def setup(tmp_path_factory):
     dataset = make_shapes_dataset(
         name, str(tmp_path_factory.mktemp("images")), num_positive=8, num_negative=1, seed=6
     )
-    refs = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        refs, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), progress=False,
-    )  # fmt: skip
-    targets = dataset.exclude(refs.values("id"))
-    refseg.predict(
-        targets, bank, "pred", config=CONFIG, encoder=PaletteEncoder(), proposer=ShapeProposer(),
-        num_workers=0, progress=False,
-    )  # fmt: skip
+    refs, bank, targets = stand_in_bank(dataset)
+    predict_with_stand_ins(targets, bank, "pred", CONFIG)
     yield dataset, bank, targets
     dataset.delete()
 

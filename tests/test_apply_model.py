@@ -6,11 +6,11 @@ import fiftyone.core.models as fomo
 import numpy as np
 import pytest
 from PIL import Image
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 CONFIG = PredictConfig(points_per_side=8, points_batch_size=64)
 
@@ -19,12 +19,8 @@ CONFIG = PredictConfig(points_per_side=8, points_batch_size=64)
 def setup(tmp_path_factory):
     name = f"apply-model-{tmp_path_factory.getbasetemp().name}"
     dataset = make_shapes_dataset(name, str(tmp_path_factory.mktemp("images")), num_positive=7)
-    refs = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        refs, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), progress=False,
-    )  # fmt: skip
-    yield dataset, bank, dataset.exclude(refs.values("id"))
+    _, bank, targets = stand_in_bank(dataset)
+    yield dataset, bank, targets
     dataset.delete()
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import fiftyone as fo
 import numpy as np
 import pytest
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
-from refseg.synthetic import CLASSES, Shape, make_shapes_dataset, shape_mask, to_detection
+from refseg.synthetic import Shape, make_shapes_dataset, shape_mask, to_detection
 
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50, max_detections=30)
 
@@ -22,27 +22,9 @@ def setup(tmp_path_factory):
     dataset = make_shapes_dataset(
         name, str(tmp_path_factory.mktemp("images")), num_positive=8, num_negative=1, seed=3
     )
-    refs = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
     encoder = PaletteEncoder()
-    bank = refseg.build_memory_bank(
-        refs,
-        "ground_truth",
-        tag=refseg.DEFAULT_TAG,
-        encoder=encoder,
-        proposer=ShapeProposer(),
-        progress=False,
-    )
-    targets = dataset.exclude(refs.values("id"))
-    refseg.predict(
-        targets,
-        bank,
-        "refseg",
-        config=CONFIG,
-        encoder=encoder,
-        proposer=ShapeProposer(),
-        num_workers=0,
-        progress=False,
-    )
+    refs, bank, targets = stand_in_bank(dataset, encoder=encoder)
+    predict_with_stand_ins(targets, bank, "refseg", CONFIG, encoder=encoder)
     yield dataset, bank, targets, encoder
     dataset.delete()
 

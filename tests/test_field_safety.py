@@ -11,7 +11,7 @@ import json
 
 import fiftyone as fo
 import pytest
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
@@ -22,7 +22,7 @@ from refseg.field_safety import (
     eval_key_problem,
     output_field_problem,
 )
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 
 def fingerprint(dataset: fo.Dataset) -> str:
@@ -50,29 +50,13 @@ def setup(tmp_path_factory):
     dataset.add_sample_field("note", fo.StringField)
     dataset.set_values("note", ["keep me"] * len(dataset))
     dataset.clone_sample_field("ground_truth", "annotations")
-    references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        references,
-        "ground_truth",
-        tag=refseg.DEFAULT_TAG,
-        encoder=PaletteEncoder(),
-        proposer=ShapeProposer(),
-        progress=False,
-    )
-    targets = dataset.exclude(references.values("id"))
+    references, bank, targets = stand_in_bank(dataset)
     yield dataset, bank, targets
     dataset.delete()
 
 
-def predict(targets, bank, field, **kwargs):
-    options = dict(
-        config=PredictConfig(points_per_side=6),
-        proposer=ShapeProposer(),
-        encoder=PaletteEncoder(),
-        num_workers=0,
-        progress=False,
-    )
-    return refseg.predict(targets, bank, field, **{**options, **kwargs})
+def predict(targets, bank, field, config=PredictConfig(points_per_side=6), **kwargs):
+    return predict_with_stand_ins(targets, bank, field, config, **kwargs)
 
 
 def refused(dataset, call, *message_parts: str) -> str:

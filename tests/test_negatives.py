@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.config import PAPER_PREDICT, PredictConfig
 from refseg.matching import class_scores, class_scores_with_negatives
 from refseg.memory import MemoryBank, ReferenceRecord
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 DATA = Path(__file__).parent / "data"
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50, precision="fp32")  # as recorded
@@ -33,8 +33,7 @@ def stand_ins() -> dict:
 
 
 def run(view, bank, field, config=CONFIG, **kwargs):
-    options = dict(config=config, num_workers=0, progress=False, **stand_ins())
-    return refseg.predict(view, bank, field, **{**options, **kwargs})
+    return predict_with_stand_ins(view, bank, field, config, **kwargs)
 
 
 # -- the scoring rule -----------------------------------------------------------------------
@@ -177,10 +176,7 @@ def shapes(tmp_path_factory):
     dataset = make_shapes_dataset(
         name, str(tmp_path_factory.mktemp("images")), num_positive=8, num_negative=1, seed=11
     )
-    refs = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        refs, "ground_truth", tag=refseg.DEFAULT_TAG, progress=False, **stand_ins()
-    )
+    refs, bank, _ = stand_in_bank(dataset)
     yield dataset, refs, bank
     dataset.delete()
 
@@ -276,11 +272,8 @@ def test_negatives_from_false_positives_raise_ap_on_held_out_images(confusers):
     before: ``test_a_bank_without_negatives_predicts_exactly_as_before_negatives_existed``)."""
     dataset = confusers
     assert len(dataset.match_tags("confuser")) >= 20  # a crowded image may have no room
-    refs = refseg.sample_references(dataset, "ground_truth", shots=2, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        refs, "ground_truth", tag=refseg.DEFAULT_TAG, progress=False, **stand_ins()
-    )
-    ids = dataset.exclude(refs.values("id")).values("id")
+    _, bank, others = stand_in_bank(dataset, shots=2)
+    ids = others.values("id")
     split_a, split_b = dataset.select(ids[: len(ids) // 2]), dataset.select(ids[len(ids) // 2 :])
     run(split_a, bank, "pred_a")
     marked = refseg.mark_false_positives(split_a, "pred_a", "ground_truth")

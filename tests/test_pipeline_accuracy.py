@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
@@ -27,16 +27,7 @@ def shapes(tmp_path, dataset_name):
 
 @pytest.fixture
 def bank_and_targets(shapes):
-    references = refseg.sample_references(shapes, "ground_truth", shots=2, seed=1, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        references,
-        "ground_truth",
-        tag=refseg.DEFAULT_TAG,
-        encoder=PaletteEncoder(),
-        proposer=ShapeProposer(),
-        progress=False,
-    )
-    targets = shapes.exclude(references.values("id"))
+    _, bank, targets = stand_in_bank(shapes, shots=2, seed=1)
     return bank, targets
 
 

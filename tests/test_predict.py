@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.coco_metrics import ImageRecord, to_coco
 from refseg.config import PAPER_PREDICT, PredictConfig
 from refseg.images import load_image
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50)
 
@@ -26,29 +26,13 @@ def setup(tmp_path_factory):
     dataset = make_shapes_dataset(
         name, str(tmp_path_factory.mktemp("images")), num_positive=10, num_negative=2, seed=3
     )
-    references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        references,
-        "ground_truth",
-        tag=refseg.DEFAULT_TAG,
-        encoder=PaletteEncoder(),
-        proposer=ShapeProposer(),
-        progress=False,
-    )
-    targets = dataset.exclude(references.values("id"))
+    references, bank, targets = stand_in_bank(dataset)
     yield dataset, bank, targets
     dataset.delete()
 
 
-def run(targets, bank, field, **kwargs):
-    options = dict(
-        config=CONFIG,
-        proposer=ShapeProposer(),
-        encoder=PaletteEncoder(),
-        num_workers=0,
-        progress=False,
-    )
-    return refseg.predict(targets, bank, field, **{**options, **kwargs})
+def run(targets, bank, field, config=CONFIG, **kwargs):
+    return predict_with_stand_ins(targets, bank, field, config, **kwargs)
 
 
 def test_written_detections_are_consistent(setup):

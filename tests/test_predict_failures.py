@@ -12,13 +12,13 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
 from refseg.segmenter import Segmenter
 from refseg.stream import segment_stream
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 CONFIG = PredictConfig(points_per_side=8, points_batch_size=64)
 BROKEN = ("missing", "empty", "garbage", "truncated_png", "truncated_jpg")
@@ -29,29 +29,13 @@ def setup(tmp_path_factory):
     name = f"failures-{tmp_path_factory.getbasetemp().name}"
     image_dir = str(tmp_path_factory.mktemp("images"))
     dataset = make_shapes_dataset(name, image_dir, num_positive=9, num_negative=0, seed=5)
-    references = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        references,
-        "ground_truth",
-        tag=refseg.DEFAULT_TAG,
-        encoder=PaletteEncoder(),
-        proposer=ShapeProposer(),
-        progress=False,
-    )
-    targets = dataset.exclude(references.values("id"))
+    references, bank, targets = stand_in_bank(dataset)
     yield dataset, bank, targets, image_dir
     dataset.delete()
 
 
-def run(targets, bank, field, **kwargs):
-    options = dict(
-        config=CONFIG,
-        proposer=ShapeProposer(),
-        encoder=PaletteEncoder(),
-        num_workers=0,
-        progress=False,
-    )
-    return refseg.predict(targets, bank, field, **{**options, **kwargs})
+def run(targets, bank, field, config=CONFIG, **kwargs):
+    return predict_with_stand_ins(targets, bank, field, config, **kwargs)
 
 
 def break_file(path: str, how: str) -> None:

@@ -8,12 +8,12 @@ import dataclasses
 import fiftyone as fo
 import numpy as np
 import pytest
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import predict_with_stand_ins, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
 from refseg.memory import MemoryBank
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 CONFIG = PredictConfig(points_per_side=12, points_batch_size=50, max_detections=500)
 
@@ -87,22 +87,14 @@ def shapes(tmp_path_factory):
     dataset = make_shapes_dataset(
         name, str(tmp_path_factory.mktemp("images")), num_positive=8, num_negative=1, seed=4
     )
-    refs = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        refs, "ground_truth", tag=refseg.DEFAULT_TAG, encoder=PaletteEncoder(),
-        proposer=ShapeProposer(), progress=False,
-    )  # fmt: skip
-    targets = dataset.exclude(refs.values("id"))
+    refs, bank, targets = stand_in_bank(dataset)
     run(targets, bank, "pred")
     yield dataset, bank, targets
     dataset.delete()
 
 
 def run(view, bank, field, config=CONFIG):
-    return refseg.predict(
-        view, bank, field, config=config, encoder=PaletteEncoder(), proposer=ShapeProposer(),
-        num_workers=0, progress=False,
-    )  # fmt: skip
+    return predict_with_stand_ins(view, bank, field, config)
 
 
 def test_matching_agrees_with_fiftyones_coco_evaluation(shapes):
