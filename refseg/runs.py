@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bson import ObjectId
@@ -54,7 +55,7 @@ from refseg.run_record import (
     ShardExecution,
     all_shards_completed,
     bank_digest,
-    check_field_free,
+    check_target_free,
     collection,
     load_run,
     mark_completed,
@@ -111,16 +112,8 @@ def queue_predict(
     stored = load_bank(dataset, bank_name)
     models = models or Models.from_bank(stored)
     models.check_bank(stored)
-    lock = RunLock(
-        dataset,
-        f"field:{label_field}",
-        run_id=run_id,
-        description=f"refseg.predict into field {label_field!r} (queueing {shards} shards)",
-        force=force,
-    )
-    with database_errors(f"queueing a sharded run into field {label_field!r}"), lock:
-        dataset.reload()
-        check_field_free(dataset, label_field, run_id)
+    what = f"refseg.predict into field {label_field!r} ({shards} shards)"
+    with reserving(dataset, f"field:{label_field}", run_id, what, force=force):
         check_output_field(view, label_field, overwrite=overwrite or resume, bank=stored)
         todo = _samples_to_predict(view, label_field, overwrite=overwrite, resume=resume)
         ids = list(todo.values("id"))
@@ -350,6 +343,30 @@ def stored_bank_name(dataset: Any, bank: MemoryBank | str, run_id: str) -> str:
         name,
     )
     return name
+
+
+@contextmanager
+def reserving(
+    dataset: Any, target: str, run_id: str, what: str, *, force: bool = False
+) -> Iterator[None]:
+    """The context in which a sharded run is queued: ``target``'s lock under the run's id
+    (``refseg.locks``), the dataset reloaded, another unfinished sharded run of ``target``
+    refused, and a lost database said clearly.
+
+    Args:
+        target: ``field:<name>`` or ``bank:<name>``.
+        what: the run, for the lock's description and messages.
+        force: take the lock even though another run holds it.
+
+    Raises:
+        RunLockedError: another run holds ``target``.
+        DatabaseUnavailableError: the database became unreachable.
+    """
+    lock = RunLock(dataset, target, run_id=run_id, description=f"{what}, queueing", force=force)
+    with database_errors(f"queueing {what}"), lock:
+        dataset.reload()  # another process may have written meanwhile
+        check_target_free(dataset, target, run_id)
+        yield
 
 
 def queue_run(

@@ -39,11 +39,9 @@ from refseg.bank_builder import (
     encode_references,
 )
 from refseg.config import ReferenceConfig
-from refseg.database import database_errors
 from refseg.failures import FailureReport, SampleFailure
 from refseg.field_safety import check_bank_name
 from refseg.fiftyone_io import list_banks, load_bank, save_bank
-from refseg.locks import RunLock
 from refseg.memory import MemoryBank, ReferenceRecord
 from refseg.models import ModelCache, Models
 from refseg.references import check_references
@@ -56,7 +54,6 @@ from refseg.run_record import (
     all_shards_completed,
     assembly_alive,
     bank_digest,
-    check_target_free,
     collection,
     load_run,
     load_shards,
@@ -122,20 +119,14 @@ def queue_memory_bank(
         ValueError: a bank ``name`` that is invalid, or taken without ``overwrite``.
         RunLockedError: another run is building a bank of that name.
     """
-    from refseg.runs import queue_run
+    from refseg.runs import queue_run, reserving
 
     dataset = reference_view._dataset
     run_id = run_id or uuid.uuid4().hex
     check_bank_name(dataset, name, overwrite=overwrite)
     parts, label_ids = split_labels(labels, shards)
-    lock = RunLock(
-        dataset,
-        f"bank:{name}",
-        run_id=run_id,
-        description=f"refseg.build_memory_bank {name!r} (queueing {shards} shards)",
-    )
-    with database_errors(f"queueing a sharded build of bank {name!r}"), lock:
-        check_target_free(dataset, f"bank:{name}", run_id)
+    what = f"refseg.build_memory_bank {name!r} ({shards} shards)"
+    with reserving(dataset, f"bank:{name}", run_id, what):
         return queue_run(
             dataset, run_id, MEMORY_BANK, f"bank:{name}", parts, label_ids=label_ids,
             label_field="", gt_field=gt_field, bank=name, models=models.to_dict(),

@@ -15,11 +15,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from refseg.database import database_errors
 from refseg.fill_masks import FillMasksResult, box_only, fill_box_masks
-from refseg.locks import RunLock
 from refseg.models import ModelCache, Models
-from refseg.run_record import BOXES_TO_MASKS, RunStatus, ShardExecution, check_target_free
+from refseg.run_record import BOXES_TO_MASKS, RunStatus, ShardExecution
 from refseg.sampling import ReferenceLabel
 from refseg.sharding import split_labels
 
@@ -60,21 +58,14 @@ def queue_fill_box_masks(
     Raises:
         RunLockedError: another run is writing the field.
     """
-    from refseg.runs import queue_run
+    from refseg.runs import queue_run, reserving
 
     dataset = view._dataset
     run_id = run_id or uuid.uuid4().hex
     field = output_field or gt_field
     parts, label_ids = split_labels(labels, shards)
-    lock = RunLock(
-        dataset,
-        f"field:{field}",
-        run_id=run_id,
-        description=f"refseg.fill_box_masks into field {field!r} (queueing {shards} shards)",
-        force=force,
-    )
-    with database_errors(f"queueing a sharded boxes to masks into field {field!r}"), lock:
-        check_target_free(dataset, f"field:{field}", run_id)
+    what = f"refseg.fill_box_masks into field {field!r} ({shards} shards)"
+    with reserving(dataset, f"field:{field}", run_id, what, force=force):
         if output_field is not None:
             dataset.clone_sample_field(gt_field, output_field)  # label ids are kept
         return queue_run(

@@ -146,12 +146,20 @@ def build_palette_encoder(checkpoint, label, device) -> PaletteEncoder:
     return encoder
 
 
-def stand_in_bank(dataset, *, shots: int = 1, seed: int = 0, encoder: PaletteEncoder | None = None):
+def stand_in_bank(
+    dataset,
+    *,
+    shots: int = 1,
+    seed: int = 0,
+    encoder: PaletteEncoder | None = None,
+    name: str | None = None,
+):
     """Samples ``shots`` references per class of ``"ground_truth"`` with ``seed`` (their labels
     tagged ``refseg.DEFAULT_TAG``) and builds their memory bank with the stand-ins.
 
     Args:
         encoder: the PaletteEncoder to encode with (e.g. to count what it encodes later).
+        name: also store the bank with the dataset under this name.
 
     Returns:
         ``(the references' samples, the bank, the other samples)``.
@@ -167,6 +175,7 @@ def stand_in_bank(dataset, *, shots: int = 1, seed: int = 0, encoder: PaletteEnc
         tag=refseg.DEFAULT_TAG,
         encoder=encoder or PaletteEncoder(),
         proposer=ShapeProposer(),
+        name=name,
         progress=False,
     )
     return refs, bank, dataset.exclude(refs.values("id"))

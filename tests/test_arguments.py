@@ -4,11 +4,11 @@ before anything is written; a bank's stored name and a dict of settings are take
 from __future__ import annotations
 
 import pytest
-from stand_ins import PaletteEncoder, ShapeProposer
+from stand_ins import PaletteEncoder, ShapeProposer, stand_in_bank
 
 import refseg
 from refseg.config import PredictConfig
-from refseg.synthetic import CLASSES, make_shapes_dataset
+from refseg.synthetic import make_shapes_dataset
 
 CONFIG = {"points_per_side": 8, "points_batch_size": 64}
 COMPONENTS = dict(proposer=ShapeProposer(), encoder=PaletteEncoder())
@@ -20,11 +20,8 @@ def setup(tmp_path_factory):
     dataset = make_shapes_dataset(
         name, str(tmp_path_factory.mktemp("images")), num_positive=4, num_negative=0, seed=3
     )
-    refs = refseg.sample_references(dataset, "ground_truth", shots=1, seed=0, classes=CLASSES)
-    bank = refseg.build_memory_bank(
-        refs, "ground_truth", tag=refseg.DEFAULT_TAG, name="stored", progress=False, **COMPONENTS
-    )
-    yield dataset, bank, dataset.exclude(refs.values("id"))
+    _, bank, targets = stand_in_bank(dataset, name="stored")
+    yield dataset, bank, targets
     dataset.delete()
 
 
